@@ -1,0 +1,121 @@
+"""What every stage script shares: seeding, devices, wandb, atomic writes and the error guard."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ugen.errors import UserError
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Flags every stage script takes, so they read the same everywhere."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--seed", type=int, default=0, help="seed for data order, init and sampling")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--wandb", choices=["online", "offline", "disabled"], default="offline",
+                       help="wandb mode (offline by default: logs stay in the run directory)")
+    group.add_argument("--max-minutes", type=float, default=None,
+                       help="stop cleanly (checkpoint and final save) after this much wall time")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from, so that a resumed run continues exactly."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory that is renamed to `final` only once everything is written.
+
+    A run killed half-way leaves a `.tmp-*` directory behind, never a half-written `final`.
+    An existing `final` is replaced only after the new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".old-{final.name}-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def init_wandb(mode: str, run_dir: str | os.PathLike, project: str, config: dict[str, Any]):
+    """Start a wandb run that keeps its files in the run directory (offline unless asked)."""
+    import wandb
+
+    return wandb.init(project=project, dir=str(run_dir), mode=mode, config=config, reinit="finish_previous")
+
+
+class Deadline:
+    """The `--max-minutes` guard: a loop asks `expired()` and stops cleanly."""
+
+    def __init__(self, minutes: float | None):
+        self.end = None if minutes is None else time.monotonic() + 60 * minutes
+
+    def expired(self) -> bool:
+        return self.end is not None and time.monotonic() > self.end
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a script's main: bad input is one line on stderr and exit code 2, never a traceback."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
