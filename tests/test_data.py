@@ -48,7 +48,7 @@ def folder(tmp_path_factory) -> Path:
 
 
 def _all_splits(data, cache, **kwargs):
-    return {split: load_examples(data, split, cache_dir=str(cache), **kwargs) for split in ("train", "val", "test")}
+    return {split: load_examples(data, split, cache_dir=str(cache), **kwargs) for split in ("train", "validation", "test")}
 
 
 def test_imagefolder_reads_every_mode_and_counts_skipped_rows(folder, tmp_path):
@@ -65,9 +65,9 @@ def test_imagefolder_reads_every_mode_and_counts_skipped_rows(folder, tmp_path):
 def test_carved_splits_are_disjoint_and_stable(folder, tmp_path):
     first = _all_splits(str(folder), tmp_path, image_size=16)
     captions = {split: {ex.caption for ex in exs} for split, (exs, _) in first.items()}
-    assert not captions["train"] & captions["val"]
+    assert not captions["train"] & captions["validation"]
     assert not captions["train"] & captions["test"]
-    assert not captions["val"] & captions["test"]
+    assert not captions["validation"] & captions["test"]
     again = load_examples(str(folder), "train", image_size=16, cache_dir=str(tmp_path))[0]
     assert [ex.caption for ex in again] == [ex.caption for ex in first["train"][0]]
     assert all(ex.image.shape == (16, 16, 3) for ex in again)
@@ -130,11 +130,17 @@ def test_carving_is_90_5_5_and_keeps_existing_splits():
 
     rows = datasets.Dataset.from_dict({"i": list(range(2000))})
     only_train = datasets.DatasetDict({"train": rows})
-    parts = {s: set(_pick_split(only_train, s, "x")["i"]) for s in ("train", "val", "test")}
+    parts = {s: set(_pick_split(only_train, s, "x")["i"]) for s in ("train", "validation", "test")}
     assert set().union(*parts.values()) == set(range(2000))
     assert sum(len(p) for p in parts.values()) == 2000  # no row in two splits
-    assert 60 < len(parts["val"]) < 140 and 60 < len(parts["test"]) < 140
+    assert 60 < len(parts["validation"]) < 140 and 60 < len(parts["test"]) < 140
     with_test = datasets.DatasetDict({"train": rows, "test": datasets.Dataset.from_dict({"i": [-1]})})
     assert _pick_split(with_test, "test", "x")["i"] == [-1]
-    train, val = set(_pick_split(with_test, "train", "x")["i"]), set(_pick_split(with_test, "val", "x")["i"])
+    train, val = set(_pick_split(with_test, "train", "x")["i"]), set(_pick_split(with_test, "validation", "x")["i"])
     assert not train & val and len(train) + len(val) == 2000
+
+
+def test_shapes_is_the_default_data():
+    examples, skipped = load_examples("shapes", "validation", num=3)
+    assert len(examples) == 3 and skipped == 0
+    assert examples[0].image.shape == (48, 48, 3) and examples[0].scene is not None

@@ -41,10 +41,10 @@ class Example:
 # Loading: the Shapes world or any image-caption data set that `datasets` can open
 # ---------------------------------------------------------------------------------------------
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "validation", "test")  # the names ugen.shapes uses too
 # Names a data set may already use for our splits; a split it lacks is carved out of "train".
-_SPLIT_ALIASES = {"train": ("train",), "val": ("validation", "val", "valid", "dev"), "test": ("test",)}
-_CARVE_PERCENT = {"test": 5, "val": 5}  # the rest stays in train
+_SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
+_CARVE_PERCENT = {"test": 5, "validation": 5}  # the rest stays in train
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -83,7 +83,7 @@ def load_examples(
     seed: int = 0,
     cache_dir: str | None = None,
 ) -> tuple[list[Example], int]:
-    """Examples of one split ("train", "val" or "test") and the number of rows skipped.
+    """Examples of one split ("train", "validation" or "test") and the number of rows skipped.
 
     Shapes is generated from `seed`; other data is read with `datasets` and its first `num` rows of
     the split are used (all when `num` is None). A row whose image cannot be read or whose text is
@@ -96,8 +96,6 @@ def load_examples(
     if data == "shapes":
         from ugen import shapes  # imported here: BYO data must not need the Shapes renderer
 
-        if image_size % 16 != 0:
-            raise UserError(f"--image-size {image_size}: Shapes needs a multiple of 16 (its 3x3 grid)")
         return shapes.make_examples(split, 20000 if num is None else num, seed=seed, image_size=image_size), 0
 
     import datasets  # imported here: it is slow to import and Shapes does not need it
@@ -175,7 +173,7 @@ def _pick_split(loaded: datasets.DatasetDict, split: str, name: str) -> datasets
     the data set lacks are carved, so the three splits never share a row.
     """
     own = {s: next((a for a in _SPLIT_ALIASES[s] if a in loaded), None) for s in SPLITS}
-    missing = [s for s in ("test", "val") if own[s] is None]
+    missing = [s for s in ("test", "validation") if own[s] is None]
     if own[split] is not None and (split != "train" or not missing):
         return loaded[own[split]]
     if own["train"] is None:
