@@ -1,0 +1,153 @@
+"""The four sequence formats and the batches built from them.
+
+    text     bos text eos
+    caption  bos boi codes eoi <caption> caption eos
+    vqa      bos boi codes eoi question <answer> answer eos
+    t2i      bos <gen> caption boi codes eoi eos        (caption dropped with prob p, for CFG)
+
+Each row carries a loss mask: the model is trained on what the task asks it to produce (the whole
+passage, the caption, the answer, the image), not on the conditioning it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ugen.vocab import Vocab
+
+TASKS = ("text", "caption", "vqa", "t2i")
+IGNORE = -100  # label value that cross-entropy skips
+
+
+@dataclass
+class Row:
+    ids: list[int]
+    loss_from: int  # targets at positions >= loss_from are trained on
+    task: str
+
+
+def text_row(vocab: Vocab, text: list[int]) -> Row:
+    return Row([vocab.bos, *vocab.from_text(text), vocab.eos], 0, "text")
+
+
+def caption_prompt(vocab: Vocab, codes) -> list[int]:
+    return [vocab.bos, vocab.boi, *vocab.from_codes(codes), vocab.eoi, vocab.caption]
+
+
+def caption_row(vocab: Vocab, codes, caption: list[int]) -> Row:
+    prompt = caption_prompt(vocab, codes)
+    return Row([*prompt, *vocab.from_text(caption), vocab.eos], len(prompt) - 1, "caption")
+
+
+def vqa_prompt(vocab: Vocab, codes, question: list[int]) -> list[int]:
+    return [vocab.bos, vocab.boi, *vocab.from_codes(codes), vocab.eoi, *vocab.from_text(question), vocab.answer]
+
+
+def vqa_row(vocab: Vocab, codes, question: list[int], answer: list[int]) -> Row:
+    prompt = vqa_prompt(vocab, codes, question)
+    return Row([*prompt, *vocab.from_text(answer), vocab.eos], len(prompt) - 1, "vqa")
+
+
+def t2i_prompt(vocab: Vocab, caption: list[int] | None) -> list[int]:
+    """The generation prompt; `caption=None` is the unconditional prompt used for CFG."""
+    return [vocab.bos, vocab.gen, *vocab.from_text(caption or []), vocab.boi]
+
+
+def t2i_row(vocab: Vocab, caption: list[int] | None, codes) -> Row:
+    prompt = t2i_prompt(vocab, caption)
+    return Row([*prompt, *vocab.from_codes(codes), vocab.eoi, vocab.eos], len(prompt) - 1, "t2i")
+
+
+def collate(rows: list[Row], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
+    """Right-pad rows into (B, T) inputs, labels and attention mask; rows longer than max_len are cut."""
+    rows = [Row(r.ids[:max_len], r.loss_from, r.task) for r in rows]
+    length = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)  # (B, T)
+    for b, row in enumerate(rows):
+        n = len(row.ids)
+        ids[b, :n] = torch.tensor(row.ids)
+        mask[b, :n] = 1
+        # labels[t] is the target for position t, i.e. ids[t + 1]
+        labels[b, row.loss_from : n - 1] = ids[b, row.loss_from + 1 : n]
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def apply_active_vocab(batch: dict[str, torch.Tensor], vocab: Vocab, active_codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Hide inactive image ids: masked placeholder as input, ignored as target.
+
+    `active_codes` is the (num_image,) bool mask from the schedule. The third rule, excluding the
+    inactive logits from the softmax, is applied to the logits by `ugen.model.masked_loss`.
+    """
+    ids, labels = batch["input_ids"], batch["labels"]
+    inactive = ~active_codes.to(ids.device)
+    ids_off = vocab.is_image(ids) & inactive[(ids - vocab.image_start).clamp(min=0)]  # (B, T)
+    labels_off = vocab.is_image(labels) & inactive[(labels - vocab.image_start).clamp(min=0)]  # (B, T)
+    return {
+        **batch,
+        "input_ids": ids.masked_fill(ids_off, vocab.img_mask),
+        "labels": labels.masked_fill(labels_off, IGNORE),
+    }
+
+
+@dataclass
+class TokenizedExample:
+    """An example with its texts already tokenized (SentencePiece ids) and its image as codes."""
+
+    codes: np.ndarray  # (grid*grid,)
+    caption: list[int]
+    prompts: list[list[int]]
+    qa: list[tuple[list[int], list[int]]]
+    passage: list[int]
+
+
+class RowSampler:
+    """Draws training batches: a task per row by the mixture weights, then an example for it.
+
+    A task the data cannot feed (no QA pairs in a bring-your-own data set) gets weight 0. The draw
+    depends only on the generator passed in, which the training loop seeds from (seed, step): the
+    data order of a resumed run is the uninterrupted run's.
+    """
+
+    def __init__(self, examples: list[TokenizedExample], vocab: Vocab, mix: dict[str, float], caption_dropout: float):
+        unknown = set(mix) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks in the mixture: {sorted(unknown)} (tasks: {', '.join(TASKS)})")
+        self.examples, self.vocab, self.caption_dropout = examples, vocab, caption_dropout
+        self.with_qa = [i for i, e in enumerate(examples) if e.qa]
+        weights = np.array([mix.get(t, 0.0) for t in TASKS], dtype=float)
+        if not self.with_qa:
+            weights[TASKS.index("vqa")] = 0.0
+        if weights.sum() <= 0:
+            raise ValueError(f"task mixture {mix} puts no weight on a task this data supports")
+        self.weights = weights / weights.sum()
+
+    def rows(self, rng: np.random.Generator, batch_size: int, tasks: tuple[str, ...] | None = None) -> list[Row]:
+        """`tasks` restricts the draw (phase 0 of the schedule trains on text only)."""
+        weights = self.weights
+        if tasks is not None:
+            weights = np.array([w if t in tasks else 0.0 for t, w in zip(TASKS, weights)])
+            weights = weights / weights.sum()
+        out = []
+        for task in rng.choice(TASKS, size=batch_size, p=weights):
+            out.append(self.row(task, rng))
+        return out
+
+    def row(self, task: str, rng: np.random.Generator) -> Row:
+        vocab = self.vocab
+        if task == "vqa":
+            ex = self.examples[self.with_qa[rng.integers(len(self.with_qa))]]
+            question, answer = ex.qa[rng.integers(len(ex.qa))]
+            return vqa_row(vocab, ex.codes, question, answer)
+        ex = self.examples[rng.integers(len(self.examples))]
+        if task == "text":
+            return text_row(vocab, ex.passage)
+        if task == "caption":
+            return caption_row(vocab, ex.codes, ex.caption)
+        prompt = ex.prompts[rng.integers(len(ex.prompts))]
+        dropped = rng.random() < self.caption_dropout
+        return t2i_row(vocab, None if dropped else prompt, ex.codes)
