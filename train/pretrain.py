@@ -1,0 +1,310 @@
+"""Pretrain the unified transformer on text, image->text and text->image with progressive vocabulary.
+
+    python train/pretrain.py --run runs/default            # Shapes, tiny, progressive schedule
+    python train/pretrain.py --run runs/x --vocab-schedule vanilla
+    torchrun --nproc_per_node 8 train/pretrain.py --run runs/big --preset base --data PATH
+
+Reads the tokenizers from the run directory (`RUN/vq`, `RUN/text/text.model`, written by the
+scripts in `tokenizers/`), caches the VQ codes of the data once, trains, checkpoints every N steps
+(`--resume` continues with the same data order, schedule state and RNG), and writes the model
+directory `RUN/model`. Per-task validation loss, tokens/s and the active image ids are logged to
+wandb (offline by default) and the progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ugen.data import add_data_args, load_split
+from ugen.errors import UserError
+from ugen.model import PRESETS, build_model, flops_per_token, masked_loss, num_params, save_model_dir
+from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything
+from ugen.schedule import VocabSchedule, build_schedule
+from ugen.sequences import TASKS, RowSampler, apply_active_vocab, collate
+from ugen.text_tokenizer import TextTokenizer
+from ugen.training import (
+    cached_codes,
+    checkpoints,
+    load_checkpoint,
+    make_optimizer,
+    save_checkpoint,
+    tokenize_examples,
+    warmup_cosine,
+)
+from ugen.vocab import Vocab
+from ugen.vq import ImageTokenizer
+
+VAL_ROWS_PER_TASK = 64
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/default", help="run directory: tokenizers in, checkpoints and model out")
+    parser.add_argument("--vq", default=None, help="VQ tokenizer directory (default RUN/vq)")
+    parser.add_argument("--text-tokenizer", default=None, help="SentencePiece model (default RUN/text/text.model)")
+    parser.add_argument("--out", default=None, help="model directory to write (default RUN/model)")
+    add_data_args(parser)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=list(PRESETS), default="tiny", help="transformer size")
+    model.add_argument("--max-len", type=int, default=128, help="longest row in tokens (texts are clipped to fit)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=2400, help="optimizer steps")
+    train.add_argument("--batch-size", type=int, default=48, help="rows per step (over all processes)")
+    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
+    train.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
+    train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on matrices")
+    train.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    train.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                       help="torch.compile the model (auto: on CUDA only; it gave no gain on CPU)")
+
+    mix = parser.add_argument_group("task mixture")
+    mix.add_argument("--mix", default="text=0.1,caption=0.3,vqa=0.2,t2i=0.4",
+                     help="task weights in phase 1, e.g. text=0.1,caption=0.3,vqa=0.2,t2i=0.4")
+    mix.add_argument("--caption-dropout", type=float, default=0.1,
+                     help="probability that a t2i row drops its caption (trains the unconditional branch of CFG)")
+
+    vocab = parser.add_argument_group("progressive vocabulary")
+    vocab.add_argument("--vocab-schedule", choices=["progressive", "vanilla"], default="progressive",
+                       help="progressive: image ids switched on over time (UGen); vanilla: all from step 0")
+    vocab.add_argument("--vocab-order", choices=["random", "frequency"], default="frequency",
+                       help="order ids are switched on: a seeded permutation (the paper) or most frequent code first")
+    vocab.add_argument("--text-only-steps", type=int, default=100, help="phase 0: steps of text-only training")
+    vocab.add_argument("--vocab-full-at", type=float, default=0.3,
+                       help="fraction of --steps by which every image id is active")
+    vocab.add_argument("--vocab-add", type=int, default=None, help="m: ids switched on at a time (default: derived)")
+    vocab.add_argument("--vocab-every", type=int, default=None, help="k: steps between switches (default: derived)")
+
+    log = parser.add_argument_group("logging and checkpoints")
+    log.add_argument("--eval-every", type=int, default=200, help="steps between per-task validation losses")
+    log.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    log.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN/checkpoints")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    args.mix = parse_mix(args.mix)
+    return args
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    try:
+        mix = {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise UserError(f"--mix {text!r}: expected task=weight pairs like text=0.1,caption=0.3") from None
+    unknown = set(mix) - set(TASKS)
+    if unknown or any(w < 0 for w in mix.values()):
+        raise UserError(f"--mix {text!r}: tasks are {', '.join(TASKS)} with weights >= 0")
+    return mix
+
+
+class Distributed:
+    """torchrun gives RANK/WORLD_SIZE; one process is the same code path with world size 1."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        if self.world > 1:
+            if device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def validation_batches(sampler: RowSampler, vocab: Vocab, max_len: int, seed: int) -> dict[str, dict]:
+    """Fixed rows per task from the validation split, the same at every evaluation."""
+    rng = np.random.default_rng([seed, 7])
+    return {
+        task: collate([sampler.row(task, rng) for _ in range(VAL_ROWS_PER_TASK)], vocab.pad, max_len)
+        for task in TASKS
+        if sampler.weights[TASKS.index(task)] > 0
+    }
+
+
+@torch.no_grad()
+def validation_losses(model, batches: dict[str, dict], vocab: Vocab, active: torch.Tensor, device, autocast) -> dict[str, float]:
+    """Per-task loss under the current active set; a task with no active target is left out."""
+    model.eval()
+    losses = {}
+    for task, batch in batches.items():
+        batch = {k: v.to(device) for k, v in apply_active_vocab(batch, vocab, active).items()}
+        if not bool((batch["labels"] != -100).any()):
+            continue
+        with autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses[task] = masked_loss(logits, batch["labels"], vocab, active).item()
+    model.train()
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run = Path(args.run)
+    dist = Distributed(pick_device(args.device))
+    device = dist.device
+    if args.batch_size % dist.world:
+        raise UserError(f"--batch-size {args.batch_size} must divide by the {dist.world} processes")
+    seed_everything(args.seed)
+    deadline = Deadline(args.max_minutes)
+    start_time = time.monotonic()
+
+    # -- tokenizers, data, codes ------------------------------------------------------------
+    image_tokenizer = ImageTokenizer.load(args.vq or run / "vq", device=device)
+    text = TextTokenizer(args.text_tokenizer or run / "text" / "text.model")
+    vocab = Vocab(num_text=text.size, num_image=image_tokenizer.num_codes)
+    if args.image_size != image_tokenizer.config.image_size:
+        raise UserError(f"--image-size {args.image_size} differs from the VQ tokenizer's {image_tokenizer.config.image_size}")
+    image_len = image_tokenizer.grid**2
+    max_text = args.max_len - image_len - 8
+    if max_text < 8:
+        raise UserError(f"--max-len {args.max_len} leaves no room for text beside {image_len} image codes")
+    splits = {}
+    for split in ("train", "validation"):
+        examples, skipped = load_split(args, split)
+        if not examples:
+            raise UserError(f"{args.data}: the {split} split has no readable examples")
+        if skipped and dist.main:
+            print(f"{split}: skipped {skipped} unreadable rows of {len(examples) + skipped}", file=sys.stderr)
+        key = f"{args.data}|{split}|{args.num_train if split == 'train' else args.num_val}|{args.image_size}|{args.seed}"
+        codes = cached_codes(image_tokenizer, examples, run / "cache", key)
+        splits[split] = (tokenize_examples(examples, codes, text, max_text), codes)
+    del image_tokenizer  # the transformer trains on codes only
+    train_examples, train_codes = splits["train"]
+    sampler = RowSampler(train_examples, vocab, args.mix, args.caption_dropout)
+    val_batches = validation_batches(RowSampler(splits["validation"][0], vocab, args.mix, 0.0), vocab, args.max_len, args.seed)
+
+    # -- schedule, model, optimizer ---------------------------------------------------------
+    schedule = build_schedule(
+        args.vocab_schedule, vocab.num_image, args.steps,
+        text_only_steps=args.text_only_steps, full_at=args.vocab_full_at,
+        ids_per_add=args.vocab_add, add_every=args.vocab_every, order=args.vocab_order, seed=args.seed,
+        code_counts=np.bincount(train_codes.ravel(), minlength=vocab.num_image),
+    )
+    model = build_model(args.preset, vocab, args.max_len, device)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
+    config = {k: v for k, v in vars(args).items()} | {"vocab": vocab.to_dict(), "world_size": dist.world}
+
+    start = 0
+    found = checkpoints(run / "checkpoints")
+    if args.resume and found:
+        state = load_checkpoint(found[-1][1], model, optimizer, scheduler)
+        schedule = VocabSchedule.from_dict(state["schedule"])
+        start = state["step"]
+        if dist.main:
+            print(f"resuming from {found[-1][1]} at step {start}", file=sys.stderr)
+    elif args.resume and dist.main:
+        print(f"--resume: no checkpoint in {run / 'checkpoints'}, starting fresh", file=sys.stderr)
+
+    train_model = dist.wrap(model)
+    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    if use_compile:
+        train_model = torch.compile(train_model)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    wandb_run = init_wandb(args.wandb if dist.main else "disabled", run, "ugen-pretrain", config)
+    if dist.main:
+        print(f"model: {args.preset}, {num_params(model) / 1e6:.2f}M parameters, vocab {vocab.size} "
+              f"({vocab.num_text} text, {vocab.num_image} image), schedule {schedule.kind} "
+              f"(m={schedule.ids_per_add}, k={schedule.add_every}, all active at step {schedule.full_step()})", file=sys.stderr)
+
+    # -- the loop -----------------------------------------------------------------------------
+    local_batch = args.batch_size // dist.world
+    tokens_seen, loss_value, val = 0, float("nan"), {}
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="pretrain", disable=not dist.main)
+    step = start
+    tick = time.monotonic()
+    for step in bar:
+        if deadline.expired():
+            if dist.main:
+                print(f"--max-minutes reached at step {step}: stopping", file=sys.stderr)
+            break
+        rng = np.random.default_rng([args.seed, step, dist.rank])  # data order is a function of the step
+        tasks = ("text",) if schedule.phase(step) == 0 else None
+        batch = collate(sampler.rows(rng, local_batch, tasks), vocab.pad, args.max_len)
+        active = schedule.active_codes(step)
+        batch = {k: v.to(device) for k, v in apply_active_vocab(batch, vocab, active).items()}
+        with autocast():
+            logits = train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = masked_loss(logits, batch["labels"], vocab, active)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip) if args.grad_clip > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        loss_value = loss.item()
+        tokens_seen += int(batch["attention_mask"].sum()) * dist.world
+        done = step + 1
+        if not np.isfinite(loss_value):
+            raise RuntimeError(f"loss is {loss_value} at step {step}; lower --lr or check the data")
+        logs = {"train/loss": loss_value, "lr": scheduler.get_last_lr()[0], "active_image_ids": int(active.sum())}
+        if grad_norm is not None:
+            logs["grad_norm"] = float(grad_norm)
+        if done % args.eval_every == 0 or done == args.steps:
+            val = validation_losses(model, val_batches, vocab, active, device, autocast)
+            logs |= {f"val/{task}": v for task, v in val.items()}
+            elapsed = time.monotonic() - tick
+            logs["tokens_per_s"] = tokens_seen / elapsed
+            if device.type == "cuda":  # peak bf16 dense FLOP/s of an H100, as in nanoGPT's estimate_mfu
+                logs["mfu"] = flops_per_token(model, args.max_len) * logs["tokens_per_s"] / 989e12
+        if dist.main:
+            wandb_run.log(logs, step=done)
+            bar.set_postfix(loss=f"{loss_value:.3f}", active=int(active.sum()), **{k: f"{v:.2f}" for k, v in val.items()})
+        if done % args.checkpoint_every == 0 and done < args.steps and dist.main:
+            save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"schedule": schedule.to_dict(), "config": config})
+        dist.barrier()
+    else:
+        step = args.steps
+    bar.close()
+
+    # -- save ---------------------------------------------------------------------------------
+    if dist.main:
+        state = {"schedule": schedule.to_dict(), "config": config}
+        save_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, state)
+        out = Path(args.out or run / "model")
+        save_model_dir(
+            out, model,
+            {"vocab": vocab.to_dict(), "schedule": schedule.to_dict(), "image_size": args.image_size,
+             "grid": int(np.sqrt(image_len)), "max_len": args.max_len, "step": step, "pretrain": config},
+            args.vq or run / "vq", args.text_tokenizer or run / "text" / "text.model",
+        )
+        minutes = (time.monotonic() - start_time) / 60
+        speed = tokens_seen / max(1e-9, time.monotonic() - tick)
+        vals = " ".join(f"val/{t}={v:.3f}" for t, v in val.items())
+        print(f"pretrain: {step} steps, train loss {loss_value:.3f}, {vals}, {speed:,.0f} tokens/s, "
+              f"{minutes:.1f} min -> {out}")
+        wandb_run.summary.update({"final_step": step, "minutes": minutes})
+        wandb_run.finish()
+    dist.close()
+
+
+if __name__ == "__main__":
+    run_main(main)

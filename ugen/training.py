@@ -1,0 +1,128 @@
+"""Pieces the training stages share: data preparation, optimizer, LR schedule and checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ugen.data import Example
+from ugen.errors import UserError
+from ugen.runtime import atomic_dir, rng_state, set_rng_state, write_json
+from ugen.sequences import TokenizedExample
+from ugen.text_tokenizer import TextTokenizer
+
+
+# -- data -------------------------------------------------------------------------------------
+def cached_codes(tokenizer, examples: list[Example], cache_dir: Path, key: str) -> np.ndarray:
+    """VQ codes of every example, (N, grid*grid), encoded once and cached under `cache_dir`.
+
+    `key` names the data (source, split, size, seed); the tokenizer's weights are hashed in, so a
+    retrained tokenizer never reuses stale codes.
+    """
+    from ugen.vq import encode_images
+
+    digest = hashlib.sha1(key.encode())
+    for name, tensor in sorted(tokenizer.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = Path(cache_dir) / f"codes-{digest.hexdigest()[:16]}.npy"
+    if path.is_file():
+        codes = np.load(path)
+        if len(codes) == len(examples):
+            return codes
+    codes = encode_images(tokenizer, np.stack([e.image for e in examples]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, codes)
+    tmp.replace(path)
+    return codes
+
+
+def tokenize_examples(examples: list[Example], codes: np.ndarray, text: TextTokenizer, max_text: int) -> list[TokenizedExample]:
+    """SentencePiece ids for every text of every example; texts are clipped to `max_text` pieces so
+    that a long caption never pushes the image codes out of a row."""
+
+    def enc(s: str) -> list[int]:
+        return text.encode(s)[:max_text]
+
+    return [
+        TokenizedExample(
+            codes=c,
+            caption=enc(e.caption),
+            prompts=[enc(p) for p in e.prompts],
+            qa=[(enc(q), enc(a)) for q, a, _ in e.qa],
+            passage=text.encode(e.passage or e.caption)[: 2 * max_text],
+        )
+        for e, c in zip(examples, codes)
+    ]
+
+
+# -- optimization -----------------------------------------------------------------------------
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (norms and biases are not decayed)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=torch.cuda.is_available())
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    """LR multiplier: linear warmup, then cosine decay to `min_ratio` of the peak at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+CHECKPOINT = re.compile(r"^step-(\d+)$")
+
+
+def save_checkpoint(
+    directory: Path, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict[str, Any], keep: int = 2
+) -> Path:
+    """Write `directory/step-N` atomically (weights as safetensors, the rest as JSON and torch
+    pickles), then prune all but the newest `keep`."""
+    final = Path(directory) / f"step-{step:07d}"
+    with atomic_dir(final) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
+        write_json(tmp / "state.json", {"step": step, **state})
+    for old in sorted(checkpoints(directory))[:-keep]:
+        shutil.rmtree(old[1], ignore_errors=True)
+    return final
+
+
+def checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    if not Path(directory).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(directory).iterdir() if (m := CHECKPOINT.match(p.name))]
+    return sorted(found)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    """Restore model, optimizer, LR schedule and RNGs in place; returns state.json."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        weights = load_file(path / "model.safetensors", device=str(next(model.parameters()).device))
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+    except (OSError, json.JSONDecodeError, RuntimeError) as err:
+        raise UserError(f"checkpoint {path} cannot be read: {err}") from None
+    model.load_state_dict(weights, strict=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    set_rng_state(trainer["rng"])
+    return state
