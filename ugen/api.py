@@ -1,0 +1,136 @@
+"""`ugen.load(dir)`: a trained model directory as an object that captions, answers, draws and writes.
+
+Every method draws through the one sampling engine (`ugen.sampling.Engine`), so the CLI, the eval
+suite and RL see the same model behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ugen.data import square_rgb
+from ugen.errors import UserError
+from ugen.model import load_transformer, read_meta
+from ugen.runtime import pick_device
+from ugen.sampling import Engine, SamplingParams
+from ugen.sequences import caption_prompt, t2i_prompt, vqa_prompt
+from ugen.text_tokenizer import TextTokenizer
+from ugen.vocab import Vocab
+from ugen.vq import ImageTokenizer, encode_images, to_uint8
+
+ImageLike = Union[str, os.PathLike, PIL.Image.Image, np.ndarray]
+
+# Defaults measured on the Shapes tiny model (README, "Sampling defaults").
+GENERATE_DEFAULTS = SamplingParams(temperature=1.0, top_k=10, top_p=1.0, cfg=3.0)
+GREEDY = SamplingParams(temperature=0.0)
+ROWS_PER_CALL = 128  # sequences decoded together; bounds memory on long prompt lists
+
+
+def read_image(image: ImageLike, size: int) -> np.ndarray:
+    """Any image PIL can open (path, PIL image or uint8 array) as (size, size, 3) uint8 RGB."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise UserError(f"an image array must be uint8 (H, W) or (H, W, C), not {image.dtype} {image.shape}")
+        image = PIL.Image.fromarray(image)
+    if not isinstance(image, PIL.Image.Image):
+        path = Path(image)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        try:
+            image = PIL.Image.open(path)
+            image.load()
+        except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
+            raise UserError(f"{path}: not an image PIL can read") from None
+    return square_rgb(image, size)
+
+
+class UGen:
+    def __init__(self, directory: str | os.PathLike, device: str | torch.device = "auto"):
+        directory = Path(directory)
+        self.meta = read_meta(directory)
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.vocab = Vocab.from_dict(self.meta["vocab"])
+        self.text = TextTokenizer(directory / self.meta["text_tokenizer"])
+        self.image_tokenizer = ImageTokenizer.load(directory / self.meta["vq"], device=self.device)
+        self.model = load_transformer(directory, self.device)
+        self.engine = Engine(self.model, self.vocab, self.image_tokenizer.grid)
+        self.image_size = self.image_tokenizer.config.image_size
+        self.image_len = self.image_tokenizer.grid**2
+        self.directory = directory
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _codes(self, images: Sequence[ImageLike]) -> np.ndarray:
+        return encode_images(self.image_tokenizer, np.stack([read_image(i, self.image_size) for i in images]))
+
+    def _text_ids(self, text: str, what: str) -> list[int]:
+        if not text or not text.strip():
+            raise UserError(f"the {what} is empty")
+        return self.text.encode(text.strip())
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.text.decode(self.vocab.to_text(ids)).strip()
+
+    def _run(self, prompts: list[list[int]], params: SamplingParams, seed: int, **kwargs) -> list[list[int]]:
+        """Generate in chunks of ROWS_PER_CALL, one seeded generator across them."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+        out = []
+        uncond = kwargs.pop("uncond_prompts", None)
+        for start in range(0, len(prompts), ROWS_PER_CALL):
+            chunk = slice(start, start + ROWS_PER_CALL)
+            out += self.engine.generate(
+                prompts[chunk], params=params, generator=generator,
+                uncond_prompts=None if uncond is None else uncond[chunk], **kwargs,
+            )
+        return out
+
+    # -- the four uses ------------------------------------------------------------------------
+    def caption(self, images: Sequence[ImageLike], params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> list[str]:
+        """One caption per image (greedy by default)."""
+        prompts = [caption_prompt(self.vocab, c) for c in self._codes(images)]
+        return [self._decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=max_new_tokens)]
+
+    def answer(self, images: Sequence[ImageLike], questions: Sequence[str], params: SamplingParams = GREEDY, seed: int = 0) -> list[str]:
+        """Answer `questions[i]` about `images[i]`."""
+        if len(images) != len(questions):
+            raise ValueError("one question per image")
+        prompts = [vqa_prompt(self.vocab, c, self._text_ids(q, "question")) for c, q in zip(self._codes(images), questions)]
+        return [self._decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
+
+    def ask(self, image: ImageLike, question: str, params: SamplingParams = GREEDY, seed: int = 0) -> str:
+        return self.answer([image], [question], params, seed)[0]
+
+    def generate_codes(self, prompts: Sequence[str], num: int = 1, params: SamplingParams = GENERATE_DEFAULTS, seed: int = 0) -> np.ndarray:
+        """(len(prompts) * num, grid*grid) codes, `num` consecutive rows per prompt."""
+        ids = [self._text_ids(p, "prompt") for p in prompts for _ in range(num)]
+        cond = [t2i_prompt(self.vocab, p) for p in ids]
+        uncond = [t2i_prompt(self.vocab, None)] * len(cond)
+        rows = self._run(cond, params, seed, uncond_prompts=uncond, max_new_tokens=self.image_len + 1, stop_ids=(self.vocab.eoi,))
+        return np.array([self.vocab.to_codes(r)[: self.image_len] for r in rows], dtype=np.int64)
+
+    def decode_codes(self, codes: np.ndarray) -> np.ndarray:
+        """(N, grid*grid) codes -> (N, H, W, 3) uint8 images."""
+        with torch.no_grad():
+            return to_uint8(self.image_tokenizer.decode(torch.as_tensor(codes, device=self.device)))
+
+    def generate(self, prompt: str, num: int = 1, params: SamplingParams = GENERATE_DEFAULTS, seed: int = 0) -> list[PIL.Image.Image]:
+        """`num` images drawn from the caption `prompt`, with CFG (`params.cfg`)."""
+        if num < 1:
+            raise UserError(f"the number of images must be >= 1, not {num}")
+        images = self.decode_codes(self.generate_codes([prompt], num, params, seed))
+        return [PIL.Image.fromarray(i) for i in images]
+
+    def complete(self, prompt: str, params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> str:
+        """Continue a text prompt; returns the prompt and its continuation as one text."""
+        ids = [self.vocab.bos, *self.vocab.from_text(self._text_ids(prompt, "prompt"))]
+        return self._decode_text(ids + self._run([ids], params, seed, max_new_tokens=max_new_tokens)[0])
+
+
+def load(directory: str | os.PathLike, device: str | torch.device = "auto") -> UGen:
+    """Load a model directory written by `train/pretrain.py` (or RL)."""
+    return UGen(directory, device)

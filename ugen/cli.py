@@ -1,0 +1,115 @@
+"""The `ugen` command: serve a trained model directory.
+
+    ugen caption  --model DIR IMAGE...                       one caption per image, one line each
+    ugen ask      --model DIR --image IMG --question Q       one answer
+    ugen generate --model DIR --prompt P --out FILE.png [--num N] [--cfg S] [--seed K]
+    ugen text     --model DIR --prompt P                     the prompt and its continuation
+
+With --num N > 1, `generate` writes numbered files FILE-1.png ... FILE-N.png beside FILE.png.
+Bad input (a missing file, a file that is not an image, an empty prompt, a directory that is not a
+model) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ugen.api import GENERATE_DEFAULTS, GREEDY, load
+from ugen.errors import UserError
+from ugen.runtime import run_main
+from ugen.sampling import SamplingParams
+
+
+def _sampling_args(parser: argparse.ArgumentParser, defaults: SamplingParams) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=defaults.temperature, help="0 is greedy")
+    group.add_argument("--top-k", type=int, default=defaults.top_k, help="keep the k likeliest ids (0: all)")
+    group.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus mass to keep (1: all)")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+
+def _params(args: argparse.Namespace, cfg: float = 1.0) -> SamplingParams:
+    try:
+        return SamplingParams(args.temperature, args.top_k, args.top_p, cfg)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ugen", description="Caption, answer, draw and write with a ugen model.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, defaults: SamplingParams) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--model", required=True, help="model directory (e.g. runs/default/model)")
+        sub.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        _sampling_args(sub, defaults)
+        return sub
+
+    sub = command("caption", "caption each image, one line each", GREEDY)
+    sub.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+
+    sub = command("ask", "answer a question about an image", GREEDY)
+    sub.add_argument("--image", required=True, help="image file")
+    sub.add_argument("--question", required=True, help="the question")
+
+    sub = command("generate", "draw images from a caption", GENERATE_DEFAULTS)
+    sub.add_argument("--prompt", required=True, help="the caption to draw, e.g. 'a red circle'")
+    sub.add_argument("--out", required=True, help="PNG to write; with --num N > 1, FILE-1.png ... FILE-N.png")
+    sub.add_argument("--num", type=int, default=1, help="images to draw")
+    sub.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="classifier-free guidance scale (1: off)")
+    sub.add_argument("--upscale", type=int, default=1, help="enlarge the written PNGs by this factor (nearest neighbour)")
+
+    sub = command("text", "continue a text prompt", GREEDY)
+    sub.add_argument("--prompt", required=True, help="text to continue")
+    sub.add_argument("--max-new-tokens", type=int, default=64, help="longest continuation")
+    return parser
+
+
+def output_paths(out: str, num: int) -> list[Path]:
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: must be a .png file")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {out}: directory {path.parent} does not exist")
+    if num == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, num + 1)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":  # check what can be checked before loading the model
+        if args.num < 1:
+            raise UserError(f"--num must be >= 1, not {args.num}")
+        if args.upscale < 1:
+            raise UserError(f"--upscale must be >= 1, not {args.upscale}")
+        paths = output_paths(args.out, args.num)
+    if getattr(args, "prompt", None) is not None and not args.prompt.strip():
+        raise UserError("the prompt is empty")
+    model = load(args.model, args.device)
+
+    if args.command == "caption":
+        for line in model.caption(args.images, _params(args), args.seed):
+            print(line)
+    elif args.command == "ask":
+        print(model.ask(args.image, args.question, _params(args), args.seed))
+    elif args.command == "generate":
+        images = model.generate(args.prompt, args.num, _params(args, args.cfg), args.seed)
+        for image, path in zip(images, paths):
+            if args.upscale > 1:
+                image = image.resize((image.width * args.upscale, image.height * args.upscale), resample=0)
+            image.save(path)
+            print(path)
+    else:
+        print(model.complete(args.prompt, _params(args), args.seed, args.max_new_tokens))
+
+
+def entry() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    entry()
