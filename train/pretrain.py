@@ -224,6 +224,15 @@ def main(argv: list[str] | None = None) -> None:
     elif args.resume and dist.main:
         print(f"--resume: no checkpoint in {run / 'checkpoints'}, starting fresh", file=sys.stderr)
 
+    # One JSON line per step (loss, lr, active ids, validation losses): the record a resumed run is
+    # compared against. Lines past the checkpoint a run resumes from belong to the killed run: drop them.
+    metrics_path = run / "metrics.jsonl"
+    if dist.main:
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.is_file() and start else [])
+                if json.loads(line)["step"] <= start]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+        metrics_file = metrics_path.open("a")
+
     train_model = dist.wrap(model)
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if use_compile:
@@ -277,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
                 logs["mfu"] = flops_per_token(model, args.max_len) * logs["tokens_per_s"] / 989e12
         if dist.main:
             wandb_run.log(logs, step=done)
+            metrics_file.write(json.dumps({"step": done, **logs}) + "\n")
+            metrics_file.flush()
             bar.set_postfix(loss=f"{loss_value:.3f}", active=int(active.sum()), **{k: f"{v:.2f}" for k, v in val.items()})
         if done % args.checkpoint_every == 0 and done < args.steps and dist.main:
             save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"schedule": schedule.to_dict(), "config": config})
@@ -284,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         step = args.steps
     bar.close()
+    if dist.main:
+        metrics_file.close()
 
     # -- save ---------------------------------------------------------------------------------
     if dist.main:

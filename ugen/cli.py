@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ugen.api import GENERATE_DEFAULTS, GREEDY, load
+from ugen.api import GENERATE_DEFAULTS, GREEDY, load, read_image
 from ugen.errors import UserError
 from ugen.runtime import run_main
 from ugen.sampling import SamplingParams
@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         paths = output_paths(args.out, args.num)
     if getattr(args, "prompt", None) is not None and not args.prompt.strip():
         raise UserError("the prompt is empty")
+    if getattr(args, "question", None) is not None and not args.question.strip():
+        raise UserError("the question is empty")
+    for image in args.images if args.command == "caption" else [args.image] if args.command == "ask" else []:
+        read_image(image, 8)  # a missing or unreadable image fails before the model is loaded
     model = load(args.model, args.device)
 
     if args.command == "caption":

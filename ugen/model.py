@@ -142,5 +142,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def load_transformer(directory: str | Path, device: torch.device) -> LlamaForCausalLM:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a model this size loads instantly; the bar is noise on stderr
     model = LlamaForCausalLM.from_pretrained(directory, attn_implementation=attention_implementation(device))
     return model.to(device).eval()

@@ -1,0 +1,44 @@
+# The commands a user types. Each installs what it needs first (`make install`, once).
+RUN ?= runs/default
+MODEL ?= $(RUN)/model
+PRESET ?= tiny
+SEED ?= 0
+WANDB ?= offline
+PYTHON := .venv/bin/python
+PIP := .venv/bin/pip
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install pretrain vq text-tokenizer eval test clean
+
+# torch first, pinned: the CPU wheel is on the machine, and any looser requirement resolved on its own
+# pulls the CUDA build. Everything after is constrained to that torch. flash-attn is only in .[gpu].
+.venv/installed: setup.cfg pyproject.toml constraints.txt
+	python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: .venv/installed
+
+$(RUN)/vq/vq.safetensors: | .venv/installed
+	$(PYTHON) tokenizers/train_vq.py --out $(RUN)/vq --seed $(SEED) --wandb $(WANDB)
+
+$(RUN)/text/text.model: | .venv/installed
+	$(PYTHON) tokenizers/train_text.py --out $(RUN)/text --seed $(SEED)
+
+vq: $(RUN)/vq/vq.safetensors
+text-tokenizer: $(RUN)/text/text.model
+
+# The main job: Shapes, the tiny preset, the progressive schedule; writes $(RUN)/model.
+pretrain: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
+	$(PYTHON) train/pretrain.py --run $(RUN) --preset $(PRESET) --seed $(SEED) --wandb $(WANDB) $(ARGS)
+
+eval: | .venv/installed
+	$(PYTHON) eval/evaluate.py --model $(MODEL) --seed $(SEED) $(ARGS)
+
+test: .venv/installed
+	WANDB_MODE=disabled $(PYTHON) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,48 @@
+"""Shared fixtures: one tiny run directory (tokenizers + a few pretraining steps) for the session.
+
+Everything is trained here from scratch on CPU in seconds, so the suite is hermetic: nothing is
+downloaded, nothing outside the pytest temp directory is written.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+# Small enough for seconds of CPU, large enough that every task has rows.
+TINY_DATA = ["--num-train", "200", "--num-val", "40"]
+
+
+def run_script(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a stage script by path, as a user would (`tokenizers/` must not be imported)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory with a briefly trained VQ tokenizer, text tokenizer and model."""
+    run = tmp_path_factory.mktemp("run")
+    run_script("tokenizers/train_vq.py", "--out", str(run / "vq"), "--steps", "20", "--batch-size", "16",
+               *TINY_DATA, "--wandb", "disabled")
+    run_script("tokenizers/train_text.py", "--out", str(run / "text"), *TINY_DATA)
+    run_script("train/pretrain.py", "--run", str(run), "--steps", "6", "--batch-size", "8", "--warmup", "2",
+               "--text-only-steps", "2", "--eval-every", "3", "--checkpoint-every", "3", *TINY_DATA,
+               "--wandb", "disabled")
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_run) -> Path:
+    return tiny_run / "model"

@@ -1,0 +1,103 @@
+"""The sampling engine: cache equals no cache, greedy is argmax, seeds reproduce, modality holds."""
+
+import pytest
+import torch
+
+from ugen.model import build_model
+from ugen.sampling import Engine, SamplingParams, filter_logits
+from ugen.sequences import caption_prompt, t2i_prompt, vqa_prompt
+from ugen.vocab import Vocab
+
+GRID = 3
+V = Vocab(num_text=40, num_image=64)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    model = build_model("tiny", V, 64, torch.device("cpu")).eval()  # untrained: the hardest case for constraints
+    return Engine(model, V, GRID)
+
+
+def mixed_prompts():
+    """Prompts of different lengths (left padding) and kinds."""
+    return [
+        caption_prompt(V, list(range(GRID * GRID))),
+        vqa_prompt(V, [5] * GRID * GRID, [1, 2, 3]),
+        [V.bos, *V.from_text([7, 8])],
+    ]
+
+
+def test_cached_equals_uncached(engine):
+    prompts = mixed_prompts()
+    for params in (SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=5)):
+        a = engine.generate(prompts, max_new_tokens=12, params=params, generator=torch.Generator().manual_seed(1))
+        b = engine.generate(prompts, max_new_tokens=12, params=params, generator=torch.Generator().manual_seed(1), use_cache=False)
+        assert a == b
+    cond = [t2i_prompt(V, [3, 4, 5]), t2i_prompt(V, [9])]
+    uncond = [t2i_prompt(V, None)] * 2
+    kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=0, cfg=3.0), uncond_prompts=uncond, stop_ids=(V.eoi,))
+    assert engine.generate(cond, **kw) == engine.generate(cond, use_cache=False, **kw)
+
+
+def test_temperature_zero_is_greedy(engine):
+    prompt = [V.bos, *V.from_text([1, 2, 3])]
+    out = engine.generate([prompt], max_new_tokens=5, params=SamplingParams(temperature=0))[0]
+    ids = list(prompt)
+    for token in out:  # recompute each step by hand: argmax over the allowed (text + eos) ids
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        allowed = logits.clone()
+        allowed[: V.text_start] = float("-inf")
+        allowed[V.eos] = logits[V.eos]
+        allowed[V.image_start :] = float("-inf")
+        assert token == int(allowed.argmax())
+        ids.append(token)
+
+
+def test_seed_reproduces_and_different_seeds_differ(engine):
+    prompts = [t2i_prompt(V, [1])] * 4
+    params = SamplingParams(temperature=1.0)
+    run = lambda seed: engine.generate(prompts, max_new_tokens=10, params=params, generator=torch.Generator().manual_seed(seed), stop_ids=(V.eoi,))
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+
+
+def test_modality_constraints_hold_for_an_untrained_model(engine):
+    torch.manual_seed(0)
+    params = SamplingParams(temperature=1.5)  # flat distributions: anything unconstrained would show up
+    images = engine.generate([t2i_prompt(V, [1, 2])] * 8, max_new_tokens=30, params=params, stop_ids=(V.eoi,),
+                             generator=torch.Generator().manual_seed(0))
+    for row in images:
+        assert len(row) == GRID * GRID + 1 and row[-1] == V.eoi
+        assert all(t >= V.image_start for t in row[:-1])
+    texts = engine.generate(mixed_prompts() * 3, max_new_tokens=25, params=params, generator=torch.Generator().manual_seed(0))
+    for row in texts:
+        assert all(V.text_start <= t < V.image_start or t == V.eos for t in row)
+    # With images allowed after text, any <boi> opens a span of exactly GRID*GRID codes and an <eoi>.
+    rows = engine.generate([[V.bos]] * 16, max_new_tokens=40, params=params, allow_images=True,
+                           generator=torch.Generator().manual_seed(0))
+    for row in rows:
+        i = 0
+        while i < len(row):
+            if row[i] == V.boi:
+                span = row[i + 1 : i + 1 + GRID * GRID]
+                assert all(t >= V.image_start for t in span)
+                if i + 1 + GRID * GRID < len(row):
+                    assert row[i + 1 + GRID * GRID] == V.eoi
+                i += GRID * GRID + 2
+            else:
+                assert row[i] < V.image_start
+                i += 1
+
+
+def test_cfg_scale_one_matches_plain_conditional_sampling(engine):
+    cond = [t2i_prompt(V, [4, 5])]
+    kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=0, cfg=1.0), stop_ids=(V.eoi,))
+    assert engine.generate(cond, uncond_prompts=[t2i_prompt(V, None)], **kw) == engine.generate(cond, **kw)
+
+
+def test_filter_logits_keeps_top_k_and_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_logits(logits, 2, 1.0)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, 0, 0.7)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, 0, 0.5)).tolist() == [[True, False, False, False]]
