@@ -1,0 +1,243 @@
+"""The VQ image tokenizer: images <-> a grid of discrete codes that the transformer reads and writes.
+
+A small convolutional encoder downsamples by 8 (three stride-2 stages, so 48 px -> 6x6 codes) into
+a quantizer from `vector-quantize-pytorch`: FSQ by default (no codebook to collapse and no
+commitment loss; levels [8, 5, 5, 5] give 1000 codes), or a learned `VectorQuantize` codebook with
+EMA updates, k-means init, cosine similarity and dead-code restarts. The decoder mirrors the
+encoder. The tokenizer is trained once (`tokenizers/train_vq.py`), saved as safetensors + JSON, and
+frozen: every later stage only calls `encode` and `decode`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from vector_quantize_pytorch import FSQ, VectorQuantize
+
+from ugen.errors import UserError
+from ugen.runtime import write_json
+
+WEIGHTS_FILE = "vq.safetensors"
+CONFIG_FILE = "vq.json"
+DOWNSAMPLE = 8  # three stride-2 stages
+QUANTIZERS = ("fsq", "vq")
+
+
+@dataclass
+class VQConfig:
+    """Everything that builds an `ImageTokenizer`; saved beside its weights as vq.json."""
+
+    image_size: int = 48
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # widths at 1/2, 1/4 and 1/8 resolution
+    res_blocks: int = 1  # residual blocks at the coarsest (code-grid) resolution, in each of enc and dec
+    quantizer: str = "fsq"  # "fsq" or "vq"
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # FSQ: codes = product of levels
+    codebook_size: int = 1024  # VQ only
+    codebook_dim: int = 16  # VQ only: the latent width each code lives in
+    commitment_weight: float = 0.25  # VQ only
+
+    def __post_init__(self) -> None:
+        self.channels, self.levels = list(self.channels), list(self.levels)
+        if self.quantizer not in QUANTIZERS:
+            raise UserError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
+        if self.image_size <= 0 or self.image_size % DOWNSAMPLE:
+            raise UserError(f"image size must be a positive multiple of {DOWNSAMPLE}, not {self.image_size}")
+        if len(self.channels) != 3 or min(self.channels) <= 0:
+            raise UserError(f"channels must be three positive widths (one per stride-2 stage), not {self.channels}")
+        if self.res_blocks < 0:
+            raise UserError(f"res_blocks must be >= 0, not {self.res_blocks}")
+        if self.quantizer == "fsq" and (not self.levels or min(self.levels) < 3):
+            raise UserError(f"FSQ levels must each be >= 3, not {self.levels}")
+        # Codes are cached as int16 (encode_images), so the codebook must fit.
+        if not 2 <= self.num_codes <= 2**15:
+            raise UserError(f"the codebook must have 2..32768 codes, not {self.num_codes}")
+
+    @property
+    def num_codes(self) -> int:
+        return math.prod(self.levels) if self.quantizer == "fsq" else self.codebook_size
+
+    @property
+    def latent_dim(self) -> int:
+        return len(self.levels) if self.quantizer == "fsq" else self.codebook_dim
+
+
+class ResBlock(nn.Module):
+    """conv-act-conv with a skip: lets the coarse stage mix neighbouring codes' context cheaply."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _encoder(config: VQConfig) -> nn.Sequential:
+    c1, c2, c3 = config.channels
+    layers: list[nn.Module] = [
+        # Space-to-depth instead of a full-resolution conv: each 2x2 pixel block becomes 12
+        # channels, so no layer runs at full resolution (the costliest place on a CPU).
+        nn.PixelUnshuffle(2), nn.Conv2d(12, c1, 3, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.SiLU(),  # (B, c2, H/4, W/4)
+        nn.Conv2d(c2, c3, 4, stride=2, padding=1), nn.SiLU(),  # (B, c3, H/8, W/8)
+    ]
+    layers += [ResBlock(c3) for _ in range(config.res_blocks)]
+    layers += [nn.Conv2d(c3, config.latent_dim, 1)]  # (B, D, g, g)
+    return nn.Sequential(*layers)
+
+
+def _decoder(config: VQConfig) -> nn.Sequential:
+    c1, c2, c3 = config.channels
+    layers: list[nn.Module] = [nn.Conv2d(config.latent_dim, c3, 3, padding=1), nn.SiLU()]  # (B, c3, g, g)
+    layers += [ResBlock(c3) for _ in range(config.res_blocks)]
+    layers += [
+        nn.ConvTranspose2d(c3, c2, 4, stride=2, padding=1), nn.SiLU(),  # (B, c2, H/4, W/4)
+        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
+        nn.Conv2d(c1, 12, 3, padding=1), nn.PixelShuffle(2),  # (B, 3, H, W): each 2x2 block from 12 channels
+    ]
+    return nn.Sequential(*layers)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """He init (zero biases): keeps activations at unit scale through the stack.
+
+    PyTorch's default conv init shrinks the signal at every layer; by the quantizer, images
+    differed by ~1% of an FSQ level, so every image mapped to one code, and with a plain loss
+    training never left that state.
+    """
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        nn.init.zeros_(module.bias)
+
+
+class ImageTokenizer(nn.Module):
+    """Encoder -> quantizer -> decoder. Images are (B, 3, H, W) floats in [-1, 1]; codes are
+    (B, grid*grid) longs in row-major order."""
+
+    def __init__(self, config: VQConfig):
+        super().__init__()
+        self.config = config
+        self.grid = config.image_size // DOWNSAMPLE
+        self.num_codes = config.num_codes
+        self.encoder = _encoder(config)
+        self.decoder = _decoder(config)
+        if config.quantizer == "fsq":
+            self.quantizer = FSQ(levels=config.levels)
+        else:
+            self.quantizer = VectorQuantize(
+                dim=config.codebook_dim,
+                codebook_size=config.codebook_size,
+                kmeans_init=True,  # codes start on the data, not at random
+                use_cosine_sim=True,  # l2-normalised codes: better usage, no scale drift
+                threshold_ema_dead_code=2,  # codes used less than this get re-seeded from the batch
+                commitment_weight=config.commitment_weight,
+                accept_image_fmap=True,
+            )
+
+        self.apply(_init_weights)
+
+    def _check(self, images: torch.Tensor) -> None:
+        size = self.config.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+
+    def _quantize(self, latent: torch.Tensor, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, D, g, g) latent -> quantized (B, D, g, g), indices (B, g, g), aux loss ().
+
+        `frozen` keeps a VQ codebook from updating even in training mode: encoding is a read.
+        """
+        if self.config.quantizer == "fsq":
+            quantized, indices = self.quantizer(latent)
+            return quantized, indices, latent.new_zeros(())
+        quantized, indices, loss = self.quantizer(latent, freeze_codebook=frozen)
+        return quantized, indices, loss
+
+    def _decode_latent(self, quantized: torch.Tensor) -> torch.Tensor:
+        recon = self.decoder(quantized)  # (B, 3, H, W)
+        # Clamped only outside training: a clamp would stop the gradient of overshooting pixels.
+        return recon if self.training else recon.clamp(-1.0, 1.0)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction (B, 3, H, W), codes (B, grid*grid) and the quantizer's auxiliary loss
+        (VQ commitment; zero for FSQ)."""
+        self._check(images)
+        quantized, indices, aux_loss = self._quantize(self.encoder(images))
+        return self._decode_latent(quantized), indices.flatten(1).long(), aux_loss
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, grid*grid) codes in [0, num_codes), row-major."""
+        self._check(images)
+        _, indices, _ = self._quantize(self.encoder(images), frozen=True)
+        return indices.flatten(1).long()
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, grid*grid) codes -> (B, 3, H, W) images in [-1, 1]."""
+        if codes.ndim != 2 or codes.shape[1] != self.grid * self.grid:
+            raise ValueError(f"expected codes of shape (B, {self.grid * self.grid}), got {tuple(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_codes):
+            raise ValueError(f"codes must be in [0, {self.num_codes})")
+        indices = codes.long().view(-1, self.grid, self.grid)  # (B, g, g)
+        if self.config.quantizer == "fsq":
+            quantized = self.quantizer.indices_to_codes(indices)  # (B, D, g, g)
+        else:
+            quantized = self.quantizer.get_output_from_indices(indices)  # (B, D, g, g)
+        return self._decode_latent(quantized)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write vq.safetensors and vq.json into `directory`, each through a temporary name."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (WEIGHTS_FILE + ".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
+        tmp.replace(directory / WEIGHTS_FILE)
+        write_json(directory / CONFIG_FILE, asdict(self.config))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "ImageTokenizer":
+        """A saved tokenizer in eval mode (frozen: nothing later trains it)."""
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise UserError(f"{directory} is not a VQ tokenizer: {name} is missing")
+        config = VQConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+        model = cls(config)
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return model.to(device).eval()
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) floats in [-1, 1] -> (N, H, W, 3) uint8."""
+    pixels = ((images.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def encode_images(tokenizer: ImageTokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, grid*grid) int16 codes: the cache the transformer trains on."""
+    codes = np.empty((len(images), tokenizer.grid * tokenizer.grid), dtype=np.int16)
+    device = tokenizer.device
+    for start in tqdm(range(0, len(images), batch_size), desc="encoding images", unit="batch", leave=False):
+        batch = to_tensor(images[start:start + batch_size]).to(device)
+        codes[start:start + len(batch)] = tokenizer.encode(batch).cpu().numpy()
+    return codes
