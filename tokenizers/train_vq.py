@@ -159,7 +159,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         print(f"skipped {skipped_train} train and {skipped_val} validation rows (unreadable image or empty text)")
     if not train_examples or not val_examples:
         raise UserError(f"--data {args.data}: {len(train_examples)} train and {len(val_examples)} validation "
-                        "examples; need at least one of each")
+                        "examples; need at least one of each (without its own split, 5% of rows are validation)")
     # (N, 3, H, W) uint8 in memory: a batch is an index draw and a cheap float conversion.
     train_images = torch.from_numpy(np.stack([ex.image for ex in train_examples])).permute(0, 3, 1, 2).contiguous()
 
