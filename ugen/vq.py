@@ -4,11 +4,11 @@ A small convolutional encoder downsamples by 8 (three stride-2 stages, so 48 px 
 a quantizer from `vector-quantize-pytorch`: FSQ by default (no codebook to collapse and no
 commitment loss; levels [8, 5, 5, 5] give 1000 codes), or a learned `VectorQuantize` codebook with
 EMA updates, k-means init, cosine similarity and dead-code restarts. The decoder mirrors the
-encoder. The first stage is a space-to-depth (2x2 pixels -> 12 channels) rather than a convolution
-at full resolution: on a CPU that cuts the cost of a training step by about three, and on Shapes,
-whose objects sit exactly in 2x2 blocks of codes, nothing is lost (the parser reads 100% of
-objects on reconstructions). The tokenizer is trained once (`tokenizers/train_vq.py`), saved as safetensors + JSON, and
-frozen: every later stage only calls `encode` and `decode`.
+encoder. The first stage is a space-to-depth (2x2 pixels -> 12 channels) rather than a convolution,
+so that no layer runs at full resolution, where a CPU would spend most of a step; on Shapes, whose
+objects sit exactly in 2x2 blocks of codes, nothing is lost (the parser reads every object on
+reconstructions). The tokenizer is trained once (`tokenizers/train_vq.py`), saved as
+safetensors + JSON, and frozen: every later stage only calls `encode` and `decode`.
 """
 
 from __future__ import annotations
