@@ -16,7 +16,6 @@ transformer will ever generate). The figures go to OUT/metrics.json beside the t
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from ugen.data import Example, add_data_args, load_split
 from ugen.errors import UserError
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
+from ugen.training import warmup_cosine
 from ugen.vq import QUANTIZERS, ImageTokenizer, VQConfig, to_tensor, to_uint8
 
 BACKGROUND_TOLERANCE = 0.08  # in [-1, 1] units (~10 of 255): JPEG noise is background, any object is not
@@ -99,14 +99,6 @@ def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor, object_weight
     return (error * weights).sum() / (weights.sum() * images.shape[1])
 
 
-def learning_rate(step: int, args: argparse.Namespace) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak: a short run ends on a low rate."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
 @torch.no_grad()
 def reconstruct(tokenizer: ImageTokenizer, images: np.ndarray, batch_size: int = 250) -> tuple[np.ndarray, np.ndarray]:
     """(N, H, W, 3) uint8 -> codes (N, grid*grid) and reconstructions (N, H, W, 3) uint8."""
@@ -170,6 +162,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     run = init_wandb(args.wandb, out, "ugen-vq", {**vars(args), "vq_config": config.__dict__})
     generator = torch.Generator().manual_seed(args.seed)
     deadline = Deadline(args.max_minutes)
+    lr_factor = warmup_cosine(args.warmup, args.steps, min_ratio=0.1)  # a short run ends on a low rate
 
     start = time.monotonic()
     bar = tqdm(range(args.steps), desc="training vq", unit="step")
@@ -180,7 +173,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         index = torch.randint(len(train_images), (args.batch_size,), generator=generator)
         images = train_images[index].to(device).float().div_(127.5).sub_(1.0)  # (B, 3, H, W)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args)
+            group["lr"] = args.lr * lr_factor(step)
         recon, _, aux_loss = tokenizer(images)
         recon_loss = reconstruction_loss(recon, images, args.object_weight, args.loss)
         loss = recon_loss + aux_loss
@@ -189,7 +182,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         optimizer.step()
         if step % args.log_every == 0 or step == args.steps - 1:
             bar.set_postfix(loss=f"{recon_loss.item():.4f}")
-            run.log({"loss": recon_loss.item(), "aux_loss": aux_loss.item(), "lr": learning_rate(step, args)}, step=step)
+            run.log({"loss": recon_loss.item(), "aux_loss": aux_loss.item(), "lr": args.lr * lr_factor(step)}, step=step)
     else:
         step = args.steps
     train_seconds = time.monotonic() - start

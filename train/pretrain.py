@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--max-len", type=int, default=128, help="longest row in tokens (texts are clipped to fit)")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=2400, help="optimizer steps")
+    train.add_argument("--steps", type=int, default=1200, help="optimizer steps")
     train.add_argument("--batch-size", type=int, default=48, help="rows per step (over all processes)")
     train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="progressive: image ids switched on over time (UGen); vanilla: all from step 0")
     vocab.add_argument("--vocab-order", choices=["random", "frequency"], default="frequency",
                        help="order ids are switched on: a seeded permutation (the paper) or most frequent code first")
-    vocab.add_argument("--text-only-steps", type=int, default=100, help="phase 0: steps of text-only training")
+    vocab.add_argument("--text-only-steps", type=int, default=60, help="phase 0: steps of text-only training")
     vocab.add_argument("--vocab-full-at", type=float, default=0.3,
                        help="fraction of --steps by which every image id is active")
     vocab.add_argument("--vocab-add", type=int, default=None, help="m: ids switched on at a time (default: derived)")
