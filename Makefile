@@ -4,6 +4,9 @@ MODEL ?= $(RUN)/model
 PRESET ?= tiny
 SEED ?= 0
 WANDB ?= offline
+# Safety net for the 15-minute budget of `make pretrain` on a 2-core CPU: training stops cleanly
+# (checkpoint + model) if a slow machine has not finished its steps by then. 0 turns it off.
+MAX_MINUTES ?= 11
 PYTHON := .venv/bin/python
 PIP := .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1
@@ -32,7 +35,8 @@ text-tokenizer: $(RUN)/text/text.model
 
 # The main job: Shapes, the tiny preset, the progressive schedule; writes $(RUN)/model.
 pretrain: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
-	$(PYTHON) train/pretrain.py --run $(RUN) --preset $(PRESET) --seed $(SEED) --wandb $(WANDB) $(ARGS)
+	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) --seed $(SEED) --wandb $(WANDB) \
+		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES)) $(ARGS)
 
 eval: | .venv/installed
 	$(PYTHON) eval/evaluate.py --model $(MODEL) --seed $(SEED) $(ARGS)

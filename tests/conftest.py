@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory) -> Path:
     run_script("tokenizers/train_vq.py", "--out", str(run / "vq"), "--steps", "20", "--batch-size", "16",
                *TINY_DATA, "--wandb", "disabled")
     run_script("tokenizers/train_text.py", "--out", str(run / "text"), *TINY_DATA)
-    run_script("train/pretrain.py", "--run", str(run), "--steps", "6", "--batch-size", "8", "--warmup", "2",
+    run_script("train/pretrain.py", "--run-dir", str(run), "--steps", "6", "--batch-size", "8", "--warmup", "2",
                "--text-only-steps", "2", "--eval-every", "3", "--checkpoint-every", "3", *TINY_DATA,
                "--wandb", "disabled")
     return run

@@ -24,11 +24,11 @@ def test_killed_run_resumes_with_the_same_losses(tiny_run, tmp_path):
     common = ["--vq", str(tiny_run / "vq"), "--text-tokenizer", str(tiny_run / "text" / "text.model"),
               "--steps", "40", "--batch-size", "8", "--warmup", "4", "--text-only-steps", "3",
               "--vocab-full-at", "0.5", "--checkpoint-every", "8", "--eval-every", "1000", *TINY_DATA, "--wandb", "disabled"]
-    run_script("train/pretrain.py", "--run", str(tmp_path / "full"), *common)
+    run_script("train/pretrain.py", "--run-dir", str(tmp_path / "full"), *common)
 
     killed = tmp_path / "killed"
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "train/pretrain.py", "--run", str(killed), *common], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "train/pretrain.py", "--run-dir", str(killed), *common], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "checkpoints" / "step-0000008"
     while not checkpoint.exists() and proc.poll() is None:
@@ -39,7 +39,7 @@ def test_killed_run_resumes_with_the_same_losses(tiny_run, tmp_path):
     interrupted = losses(killed)
     assert max(interrupted) < 40, "the kill came after the end"
 
-    run_script("train/pretrain.py", "--run", str(killed), *common, "--resume")
+    run_script("train/pretrain.py", "--run-dir", str(killed), *common, "--resume")
     expected, resumed = losses(tmp_path / "full"), losses(killed)
     assert sorted(resumed) == list(range(1, 41))
     assert resumed == expected  # bit-for-bit on CPU: same data order, schedule state, optimizer and RNG
@@ -61,7 +61,7 @@ def test_pretrain_on_an_imagefolder(tiny_run, tmp_path):
 
     data = ["--data", str(folder), "--text-column", "caption"]
     run_script("tokenizers/train_text.py", "--out", str(tmp_path / "text"), "--vocab-size", "300", *data)
-    result = run_script("train/pretrain.py", "--run", str(tmp_path / "run"), "--vq", str(tiny_run / "vq"),
+    result = run_script("train/pretrain.py", "--run-dir", str(tmp_path / "run"), "--vq", str(tiny_run / "vq"),
                         "--text-tokenizer", str(tmp_path / "text" / "text.model"), "--steps", "4", "--batch-size", "4",
                         "--text-only-steps", "1", "--eval-every", "2", "--wandb", "disabled", *data)
     assert "skipped 1 unreadable rows" in result.stderr or "skipped 1 unreadable rows" in result.stdout
@@ -69,8 +69,8 @@ def test_pretrain_on_an_imagefolder(tiny_run, tmp_path):
 
 
 def test_bad_arguments_exit_2_with_one_line(tmp_path):
-    result = run_script("train/pretrain.py", "--run", str(tmp_path), "--wandb", "disabled", check=False)
+    result = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--wandb", "disabled", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    bad_mix = run_script("train/pretrain.py", "--run", str(tmp_path), "--mix", "poetry=1", check=False)
+    bad_mix = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--mix", "poetry=1", check=False)
     assert bad_mix.returncode == 2 and "--mix" in bad_mix.stderr

@@ -1,8 +1,8 @@
 """Pretrain the unified transformer on text, image->text and text->image with progressive vocabulary.
 
-    python train/pretrain.py --run runs/default            # Shapes, tiny, progressive schedule
-    python train/pretrain.py --run runs/x --vocab-schedule vanilla
-    torchrun --nproc_per_node 8 train/pretrain.py --run runs/big --preset base --data PATH
+    python train/pretrain.py --run-dir runs/default            # Shapes, tiny, progressive schedule
+    python train/pretrain.py --run-dir runs/x --vocab-schedule vanilla
+    torchrun --nproc_per_node 8 train/pretrain.py --run-dir runs/big --preset base --data PATH
 
 Reads the tokenizers from the run directory (`RUN/vq`, `RUN/text/text.model`, written by the
 scripts in `tokenizers/`), caches the VQ codes of the data once, trains, checkpoints every N steps
@@ -49,7 +49,7 @@ VAL_ROWS_PER_TASK = 64
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/default", help="run directory: tokenizers in, checkpoints and model out")
+    parser.add_argument("--run-dir", default="runs/default", help="run directory: tokenizers in, checkpoints and model out")
     parser.add_argument("--vq", default=None, help="VQ tokenizer directory (default RUN/vq)")
     parser.add_argument("--text-tokenizer", default=None, help="SentencePiece model (default RUN/text/text.model)")
     parser.add_argument("--out", default=None, help="model directory to write (default RUN/model)")
@@ -167,7 +167,7 @@ def validation_losses(model, batches: dict[str, dict], vocab: Vocab, active: tor
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run = Path(args.run)
+    run = Path(args.run_dir)
     dist = Distributed(pick_device(args.device))
     device = dist.device
     if args.batch_size % dist.world:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import math
 import re
@@ -41,7 +42,7 @@ def cached_codes(tokenizer, examples: list[Example], cache_dir: Path, key: str) 
             return codes
     codes = encode_images(tokenizer, np.stack([e.image for e in examples]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # torchrun ranks may encode at once
     np.save(tmp, codes)
     tmp.replace(path)
     return codes
