@@ -28,3 +28,33 @@ def answer_correct(predicted: str, answer: str) -> bool:
 def mean(flags) -> float:
     flags = list(flags)
     return float(np.mean(flags)) if flags else float("nan")
+
+
+def _prf(mentioned: Counter, actual: Counter) -> tuple[float, float, float]:
+    """Precision, recall and F1 of two multisets (precision 0 when nothing is mentioned)."""
+    hits = sum((mentioned & actual).values())
+    n_mentioned, n_actual = sum(mentioned.values()), sum(actual.values())
+    precision = hits / n_mentioned if n_mentioned else 0.0
+    recall = hits / n_actual if n_actual else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return precision, recall, f1
+
+
+def caption_attributes(caption: str, scene: Scene) -> dict:
+    """How well a caption's object mentions match the scene, as multisets.
+
+    precision / recall / f1: on (color, shape); an extra mention lowers precision only, a missing
+    object recall only, a wrong color both. size_precision / size_recall / size_f1: on (size,
+    color, shape), only when the caption gives any size (a mention without one never matches
+    there), else None. count_correct: as many objects mentioned as the scene has.
+    """
+    mentions = caption_objects(caption)
+    precision, recall, f1 = _prf(Counter((c, s) for _, c, s in mentions),
+                                 Counter((o.color, o.shape) for o in scene.objects))
+    out = {"precision": precision, "recall": recall, "f1": f1,
+           "size_precision": None, "size_recall": None, "size_f1": None,
+           "count_correct": len(mentions) == len(scene.objects)}
+    if any(size is not None for size, _, _ in mentions):
+        sized = _prf(Counter(mentions), Counter((o.size, o.color, o.shape) for o in scene.objects))
+        out.update(zip(("size_precision", "size_recall", "size_f1"), sized))
+    return out
