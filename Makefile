@@ -6,7 +6,7 @@ SEED ?= 0
 WANDB ?= offline
 # Safety net for the 15-minute budget of `make pretrain` on a 2-core CPU: training stops cleanly
 # (checkpoint + model) if a slow machine has not finished its steps by then. 0 turns it off.
-MAX_MINUTES ?= 11
+MAX_MINUTES ?= 13
 PYTHON := .venv/bin/python
 PIP := .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1

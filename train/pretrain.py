@@ -130,6 +130,14 @@ class Distributed:
             return model
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is true on one (so that all stop at the same step)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(args.preset, vocab, args.max_len, device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
-    config = {k: v for k, v in vars(args).items()} | {"vocab": vocab.to_dict(), "world_size": dist.world}
+    config = vars(args) | {"vocab": vocab.to_dict(), "world_size": dist.world}
 
     start = 0
     found = checkpoints(run / "checkpoints")
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     step = start
     tick = time.monotonic()
     for step in bar:
-        if deadline.expired():
+        if dist.any(deadline.expired()):
             if dist.main:
                 print(f"--max-minutes reached at step {step}: stopping", file=sys.stderr)
             break
