@@ -240,7 +240,8 @@ def encode_images(tokenizer: ImageTokenizer, images: np.ndarray, batch_size: int
     """(N, H, W, 3) uint8 -> (N, grid*grid) int16 codes: the cache the transformer trains on."""
     codes = np.empty((len(images), tokenizer.grid * tokenizer.grid), dtype=np.int16)
     device = tokenizer.device
-    for start in tqdm(range(0, len(images), batch_size), desc="encoding images", unit="batch", leave=False):
+    batches = range(0, len(images), batch_size)
+    for start in tqdm(batches, desc="encoding images", unit="batch", leave=False, disable=len(batches) < 2):
         batch = to_tensor(images[start:start + batch_size]).to(device)
         codes[start:start + len(batch)] = tokenizer.encode(batch).cpu().numpy()
     return codes
