@@ -15,6 +15,7 @@ Writes `results.json` (every score with its sample count), `report.md` and its p
                  against the scene; `single_object` (the caption names exactly the right color and
                  shape); VQA exact match by question type; `perception`: the fine-grained subset
                  (the small object's color, whether a small object is present, the color at a place).
+  text           bits per byte of the test split's held-out passages.
   tokenizer      PSNR, codebook usage, and the parser's exact reading of VQ reconstructions (the
                  ceiling of generation).
 """
@@ -40,7 +41,7 @@ from tqdm import tqdm
 import ugen
 from ugen import geneval
 from ugen.api import GENERATE_DEFAULTS
-from ugen.metrics import answer_correct, caption_attributes, caption_names_scene, image_shows, mean
+from ugen.metrics import answer_correct, bits_per_byte, caption_attributes, caption_names_scene, image_shows, mean
 from ugen.runtime import pick_device, run_main, write_json
 from ugen.sampling import SamplingParams
 from ugen.shapes import COLORS, SHAPES, Scene, ShapeObject, make_examples, parse, scene_matches
@@ -185,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "model": str(args.model), "seed": args.seed,
         "sampling": {"cfg": params.cfg, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
-        "results": {"judge_sanity": sanity, "generation": gen, "understanding": und, "tokenizer": tokenizer(model, examples)},
+        "results": {"judge_sanity": sanity, "generation": gen, "understanding": und,
+                    "text": {"bits_per_byte": {"score": bits_per_byte(model, [e.passage for e in examples]), "n": len(examples)}},
+                    "tokenizer": tokenizer(model, examples)},
     }
     out = Path(args.out or Path(args.model).resolve().parent / "eval")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Scores on hand-made cases whose answer is known."""
 
 import numpy as np
+import pytest
 
 from ugen.metrics import answer_correct, caption_names_scene, image_shows, mean
 from ugen.shapes import BACKGROUND, Scene, ShapeObject, render
@@ -31,3 +32,28 @@ def test_answers_and_mean():
     assert answer_correct(" Red.", "red") and not answer_correct("blue", "red")
     assert mean([True, False, True, True]) == 0.75
     assert np.isnan(mean([]))
+
+
+def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_per_byte():
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from ugen.vocab import Vocab
+
+    class Pieces:  # one piece per character: the hand count is easy
+        def encode(self, text):
+            return [ord(c) % 50 for c in text]
+
+    class Uniform(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, vocab.size))
+
+    from ugen.metrics import bits_per_byte
+
+    vocab = Vocab(num_text=50, num_image=10)
+    model = SimpleNamespace(vocab=vocab, text=Pieces(), device=torch.device("cpu"), model=Uniform())
+    texts = ["a red circle", "two blue squares and a triangle"]
+    pieces = sum(len(t) for t in texts)
+    assert bits_per_byte(model, texts, batch_size=1) == pytest.approx(pieces * math.log2(vocab.size) / pieces)

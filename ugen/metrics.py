@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from ugen.sequences import IGNORE, collate, text_row
 from ugen.shapes import Scene, caption_objects, parse, scene_matches
 
 
@@ -58,3 +62,22 @@ def caption_attributes(caption: str, scene: Scene) -> dict:
         sized = _prf(Counter(mentions), Counter((o.size, o.color, o.shape) for o in scene.objects))
         out.update(zip(("size_precision", "size_recall", "size_f1"), sized))
     return out
+
+
+@torch.no_grad()
+def bits_per_byte(model, texts: list[str], batch_size: int = 64) -> float:
+    """Bits per UTF-8 byte of `texts` under the model (`ugen.api.UGen`), as text rows.
+
+    Only the text pieces are scored (not <eos>), so the figure compares across tokenizers: the
+    summed cross-entropy in bits over the summed byte length of the texts.
+    """
+    vocab, nats, total_bytes = model.vocab, 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        rows = [text_row(vocab, model.text.encode(t)) for t in chunk]
+        batch = {k: v.to(model.device) for k, v in collate(rows, vocab.pad, 10**6).items()}
+        labels = batch["labels"].masked_fill(batch["labels"] == vocab.eos, IGNORE)  # (B, T)
+        logits = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        nats += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum").item()
+        total_bytes += sum(len(t.encode("utf-8")) for t in chunk)
+    return nats / math.log(2) / max(1, total_bytes)
