@@ -12,11 +12,11 @@ Writes `results.json` (every score with its sample count), `report.md` and its p
                  `single_object_exact`: images drawn for "a <color> <shape>" that parse to exactly
                  that one object.
   understanding  captions of the test images: attribute precision / recall / F1 and count accuracy
-                 against the scene; `single_object` (the caption names exactly the right color and
+                 against the scene; BLEU-4 against the reference (long) captions; `single_object` (the caption names exactly the right color and
                  shape); VQA exact match by question type; `perception`: the fine-grained subset
                  (the small object's color, whether a small object is present, the color at a place).
   text           bits per byte of the test split's held-out passages.
-  tokenizer      PSNR, codebook usage, and the parser's exact reading of VQ reconstructions (the
+  tokenizer      PSNR, SSIM, codebook usage, and the parser's exact reading of VQ reconstructions (the
                  ceiling of generation).
 """
 
@@ -36,6 +36,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import PIL.Image
 import torch
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+from torchmetrics.functional.text import bleu_score
 from tqdm import tqdm
 
 import ugen
@@ -96,6 +98,8 @@ def understanding(model, examples, seed: int) -> tuple[dict, list]:
     attributes = [caption_attributes(c, e.scene) for c, e in zip(captions, examples)]
     results = {f"caption_{k}": {"score": mean(a[k] for a in attributes), "n": len(attributes)}
                for k in ("precision", "recall", "f1", "count_correct")}
+    # Corpus BLEU-4 against the long dense caption, through torchmetrics (a maintained implementation).
+    results["caption_bleu4"] = {"score": float(bleu_score(captions, [[e.caption] for e in examples])), "n": len(examples)}
     singles = [(c, e) for c, e in zip(captions, examples) if len(e.scene.objects) == 1]
     results["caption_single_object"] = {"score": mean(caption_names_scene(c, e.scene) for c, e in singles), "n": len(singles)}
 
@@ -121,8 +125,10 @@ def tokenizer(model, examples) -> dict:
     recon = model.decode_codes(codes)
     mse = ((recon.astype(np.float64) - originals) ** 2).mean(axis=(1, 2, 3))
     n = len(examples)
+    as_float = lambda images: torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # noqa: E731 - (N, 3, H, W)
     return {
         "psnr_db": {"score": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))), "n": n},
+        "ssim": {"score": float(ssim(as_float(recon), as_float(originals), data_range=1.0)), "n": n},
         "codebook_usage": {"score": len(np.unique(codes)) / model.image_tokenizer.num_codes, "n": n},
         "parser_on_reconstructions": {"score": mean(scene_matches(parse(r), e.scene) for r, e in zip(recon, examples)), "n": n},
     }
