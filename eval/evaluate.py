@@ -36,18 +36,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 import PIL.Image
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 from torchmetrics.functional.text import bleu_score
 from tqdm import tqdm
 
 import ugen
 from ugen import geneval
 from ugen.api import GENERATE_DEFAULTS
-from ugen.metrics import answer_correct, bits_per_byte, caption_attributes, caption_names_scene, image_shows, mean
+from ugen.metrics import (
+    answer_correct,
+    bits_per_byte,
+    caption_attributes,
+    caption_names_scene,
+    image_shows,
+    mean,
+    tokenizer_metrics,
+)
 from ugen.runtime import pick_device, run_main, write_json
 from ugen.sampling import SamplingParams
-from ugen.shapes import COLORS, SHAPES, Scene, ShapeObject, make_examples, parse, scene_matches
-from ugen.vq import encode_images
+from ugen.shapes import COLORS, SHAPES, Scene, ShapeObject, make_examples, parse
 
 PROMPTS = Path(__file__).with_name("prompts") / "geneval.json"
 PERCEPTION_TYPES = ("small_color", "small_present", "color_at")  # in the spirit of MMT-Bench
@@ -120,18 +126,9 @@ def understanding(model, examples, seed: int) -> tuple[dict, list]:
 
 
 def tokenizer(model, examples) -> dict:
-    originals = np.stack([e.image for e in examples])
-    codes = encode_images(model.image_tokenizer, originals)
-    recon = model.decode_codes(codes)
-    mse = ((recon.astype(np.float64) - originals) ** 2).mean(axis=(1, 2, 3))
-    n = len(examples)
-    as_float = lambda images: torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # noqa: E731 - (N, 3, H, W)
-    return {
-        "psnr_db": {"score": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))), "n": n},
-        "ssim": {"score": float(ssim(as_float(recon), as_float(originals), data_range=1.0)), "n": n},
-        "codebook_usage": {"score": len(np.unique(codes)) / model.image_tokenizer.num_codes, "n": n},
-        "parser_on_reconstructions": {"score": mean(scene_matches(parse(r), e.scene) for r, e in zip(recon, examples)), "n": n},
-    }
+    metrics = tokenizer_metrics(model.image_tokenizer, examples)
+    names = {"psnr_db": "psnr_db", "ssim": "ssim", "codebook_usage": "codebook_usage", "parser_image_exact": "parser_on_reconstructions"}
+    return {row: {"score": metrics[key], "n": len(examples)} for key, row in names.items()}
 
 
 def write_report(out: Path, results: dict, samples: dict, captions: list, upscale: int = 3) -> None:

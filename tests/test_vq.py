@@ -97,7 +97,7 @@ def test_train_script_writes_tokenizer_and_metrics(tmp_path):
     for name in ("vq.safetensors", "vq.json", "metrics.json"):
         assert (out / name).is_file()
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("val_psnr", "codebook_usage", "parser_object_accuracy", "parser_image_exact", "train_seconds"):
+    for key in ("psnr_db", "ssim", "codebook_usage", "parser_object_accuracy", "parser_image_exact", "train_seconds"):
         assert key in metrics
     assert metrics["steps"] == 4
     assert "parser reads" in result.stdout.strip().splitlines()[-1]

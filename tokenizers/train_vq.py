@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ugen.data import Example, add_data_args, load_split
+from ugen.data import add_data_args, load_split
 from ugen.errors import UserError
+from ugen.metrics import tokenizer_metrics
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
 from ugen.training import warmup_cosine
-from ugen.vq import QUANTIZERS, ImageTokenizer, VQConfig, to_tensor, to_uint8
+from ugen.vq import QUANTIZERS, ImageTokenizer, VQConfig
 
 BACKGROUND_TOLERANCE = 0.08  # in [-1, 1] units (~10 of 255): JPEG noise is background, any object is not
 
@@ -99,44 +100,6 @@ def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor, object_weight
     return (error * weights).sum() / (weights.sum() * images.shape[1])
 
 
-@torch.no_grad()
-def reconstruct(tokenizer: ImageTokenizer, images: np.ndarray, batch_size: int = 250) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W, 3) uint8 -> codes (N, grid*grid) and reconstructions (N, H, W, 3) uint8."""
-    codes, recons = [], []
-    for start in range(0, len(images), batch_size):
-        batch = to_tensor(images[start:start + batch_size]).to(tokenizer.device)
-        batch_codes = tokenizer.encode(batch)
-        codes.append(batch_codes.cpu().numpy())
-        recons.append(to_uint8(tokenizer.decode(batch_codes)))
-    return np.concatenate(codes), np.concatenate(recons)
-
-
-def evaluate(tokenizer: ImageTokenizer, examples: list[Example]) -> dict[str, float]:
-    """PSNR, codebook usage and (Shapes) the parser's accuracy on reconstructions."""
-    images = np.stack([ex.image for ex in examples])
-    codes, recons = reconstruct(tokenizer, images)
-    mse = ((recons.astype(np.float64) - images.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))  # (N,)
-    psnr = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
-    metrics = {
-        "val_images": len(examples),
-        "val_psnr": float(psnr.mean()),
-        "codebook_usage": len(np.unique(codes)) / tokenizer.num_codes,
-        "codes_used": int(len(np.unique(codes))),
-    }
-    if all(ex.scene is not None for ex in examples):
-        from ugen.shapes import parse, scene_matches
-
-        found_objects = total_objects = exact_images = 0
-        for ex, recon in zip(examples, recons):
-            found = parse(recon)
-            total_objects += len(ex.scene.objects)
-            found_objects += len(set(found) & set(ex.scene.objects))
-            exact_images += scene_matches(found, ex.scene)
-        metrics["parser_object_accuracy"] = found_objects / max(1, total_objects)
-        metrics["parser_image_exact"] = exact_images / len(examples)
-    return metrics
-
-
 def train(args: argparse.Namespace) -> dict[str, float]:
     began = time.monotonic()
     seed_everything(args.seed)
@@ -188,14 +151,14 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     train_seconds = time.monotonic() - start
 
     tokenizer.eval()
-    metrics = {"steps": step, "train_seconds": round(train_seconds, 1), **evaluate(tokenizer, val_examples),
+    metrics = {"steps": step, "train_seconds": round(train_seconds, 1), "val_images": len(val_examples), **tokenizer_metrics(tokenizer, val_examples),
                "skipped_rows": skipped_train + skipped_val}
     metrics["wall_seconds"] = round(time.monotonic() - began, 1)
     tokenizer.save(out)
     write_json(out / "metrics.json", metrics)
     run.summary.update(metrics)
     run.finish()
-    summary = (f"vq: {metrics['steps']} steps in {train_seconds:.0f}s ({metrics['wall_seconds']:.0f}s in all), val PSNR {metrics['val_psnr']:.2f} dB, "
+    summary = (f"vq: {metrics['steps']} steps in {train_seconds:.0f}s ({metrics['wall_seconds']:.0f}s in all), val PSNR {metrics['psnr_db']:.2f} dB, SSIM {metrics['ssim']:.3f}, "
                f"codebook usage {metrics['codebook_usage']:.1%} ({metrics['codes_used']}/{tokenizer.num_codes})")
     if "parser_object_accuracy" in metrics:
         summary += (f", parser reads {metrics['parser_object_accuracy']:.1%} of objects "

@@ -13,7 +13,6 @@ model) is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ugen.api import GENERATE_DEFAULTS, GREEDY, load, read_image

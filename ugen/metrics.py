@@ -81,3 +81,36 @@ def bits_per_byte(model, texts: list[str], batch_size: int = 64) -> float:
         nats += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum").item()
         total_bytes += sum(len(t.encode("utf-8")) for t in chunk)
     return nats / math.log(2) / max(1, total_bytes)
+
+
+@torch.no_grad()
+def tokenizer_metrics(tokenizer, examples, batch_size: int = 250) -> dict[str, float]:
+    """How well the VQ tokenizer (`ugen.vq.ImageTokenizer`) reconstructs `examples`: PSNR, SSIM
+    (torchmetrics), codebook usage and, on Shapes, the parser's reading of the reconstructions
+    (objects found exactly, and images read exactly): the ceiling of every generated image."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    from ugen.vq import to_tensor, to_uint8
+
+    images = np.stack([e.image for e in examples])  # (N, H, W, 3) uint8
+    codes, recons = [], []
+    for start in range(0, len(images), batch_size):
+        batch_codes = tokenizer.encode(to_tensor(images[start : start + batch_size]).to(tokenizer.device))
+        codes.append(batch_codes.cpu().numpy())
+        recons.append(to_uint8(tokenizer.decode(batch_codes)))
+    codes, recons = np.concatenate(codes), np.concatenate(recons)
+    mse = ((recons.astype(np.float64) - images.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))  # (N,)
+    as_unit = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255  # noqa: E731 - (N, 3, H, W)
+    used = len(np.unique(codes))
+    metrics = {
+        "psnr_db": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))),
+        "ssim": float(ssim(as_unit(recons), as_unit(images), data_range=1.0)),
+        "codebook_usage": used / tokenizer.num_codes,
+        "codes_used": used,
+    }
+    if all(e.scene is not None for e in examples):
+        found = [parse(r) for r in recons]
+        total = sum(len(e.scene.objects) for e in examples)
+        metrics["parser_object_accuracy"] = sum(len(set(f) & set(e.scene.objects)) for f, e in zip(found, examples)) / max(1, total)
+        metrics["parser_image_exact"] = mean(scene_matches(f, e.scene) for f, e in zip(found, examples))
+    return metrics
