@@ -15,6 +15,8 @@ Writes `results.json` (every score with its sample count), `report.md` and its p
                  against the scene; BLEU-4 against the reference (long) captions; `single_object` (the caption names exactly the right color and
                  shape); VQA exact match by question type; `perception`: the fine-grained subset
                  (the small object's color, whether a small object is present, the color at a place).
+  reconstruction image -> caption -> image by the model, scored against the original by the
+                 parser's object F1, SSIM and the VQ encoder's feature cosine; `overall` their mean.
   text           bits per byte of the test split's held-out passages.
   tokenizer      PSNR, SSIM, codebook usage, and the parser's exact reading of VQ reconstructions (the
                  ceiling of generation).
@@ -40,7 +42,7 @@ from torchmetrics.functional.text import bleu_score
 from tqdm import tqdm
 
 import ugen
-from ugen import geneval
+from ugen import geneval, rewards
 from ugen.api import GENERATE_DEFAULTS
 from ugen.metrics import (
     answer_correct,
@@ -97,7 +99,7 @@ def generation(model, prompts, images_per_prompt: int, params: SamplingParams, s
     return scores, samples
 
 
-def understanding(model, examples, seed: int) -> tuple[dict, list]:
+def understanding(model, examples, seed: int) -> tuple[dict, list[str]]:
     captions = []
     for start in tqdm(range(0, len(examples), 128), desc="captions", leave=False):
         captions += model.caption([e.image for e in examples[start : start + 128]], seed=seed)
@@ -122,7 +124,26 @@ def understanding(model, examples, seed: int) -> tuple[dict, list]:
         results[f"vqa_{kind}"] = {"score": mean(flags), "n": len(flags)}
     perception = [f for kind in PERCEPTION_TYPES for f in by_type.get(kind, [])]
     results["perception"] = {"score": mean(perception), "n": len(perception)}
-    return results, list(zip(captions[:8], [e.caption for e in examples[:8]]))
+    return results, captions
+
+
+def reconstruction(model, examples, captions: list[str], params: SamplingParams, seed: int) -> dict:
+    """Image -> the model's caption -> the model's image, scored against the original (UAE's
+    Unified-Bench idea) by several similarities; `overall` is their mean. An empty caption cannot
+    condition generation: its reconstruction is a blank image, scored as such."""
+    usable = [i for i, c in enumerate(captions) if c.strip()]
+    blank = np.full_like(examples[0].image, 245)
+    recon = [blank] * len(examples)
+    if usable:
+        drawn = model.decode_codes(model.generate_codes([captions[i] for i in usable], 1, params, seed))
+        for i, image in zip(usable, drawn):
+            recon[i] = image
+    similarities = {"object_f1": rewards.object_f1, "ssim": rewards.ssim,
+                    "vq_feature_cosine": rewards.VQFeatureCosine(model.image_tokenizer)}
+    rows = {name: {"score": mean(fn(e.image, r, e.scene) for e, r in zip(examples, recon)), "n": len(examples)}
+            for name, fn in similarities.items()}
+    rows["overall"] = {"score": mean(r["score"] for r in rows.values()), "n": len(examples)}
+    return rows
 
 
 def tokenizer(model, examples) -> dict:
@@ -166,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/default/model", help="model directory")
     parser.add_argument("--num-test", type=int, default=500, help="test scenes (fixed: the world's seed 0)")
+    parser.add_argument("--num-reconstruct", type=int, default=200, help="test images for the reconstruction score")
     parser.add_argument("--images-per-prompt", type=int, default=4, help="images drawn per generation prompt")
     parser.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="guidance scale for generation")
     parser.add_argument("--temperature", type=float, default=GENERATE_DEFAULTS.temperature, help="generation temperature")
@@ -186,17 +208,18 @@ def main(argv: list[str] | None = None) -> None:
 
     gen, samples = generation(model, prompts, args.images_per_prompt, params, args.seed)
     und, captions = understanding(model, examples, args.seed)
+    rec = reconstruction(model, examples[: args.num_reconstruct], captions[: args.num_reconstruct], params, args.seed)
     results = {
         "model": str(args.model), "seed": args.seed,
         "sampling": {"cfg": params.cfg, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
-        "results": {"judge_sanity": sanity, "generation": gen, "understanding": und,
+        "results": {"judge_sanity": sanity, "generation": gen, "understanding": und, "reconstruction": rec,
                     "text": {"bits_per_byte": {"score": bits_per_byte(model, [e.passage for e in examples]), "n": len(examples)}},
                     "tokenizer": tokenizer(model, examples)},
     }
     out = Path(args.out or Path(args.model).resolve().parent / "eval")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
-    write_report(out, results, samples, captions)
+    write_report(out, results, samples, list(zip(captions[:8], [e.caption for e in examples[:8]])))
 
     print(f"{'category':<14} {'metric':<28} {'score':>7} {'n':>6}")
     for category, rows in results["results"].items():

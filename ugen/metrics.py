@@ -100,7 +100,7 @@ def tokenizer_metrics(tokenizer, examples, batch_size: int = 250) -> dict[str, f
         recons.append(to_uint8(tokenizer.decode(batch_codes)))
     codes, recons = np.concatenate(codes), np.concatenate(recons)
     mse = ((recons.astype(np.float64) - images.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))  # (N,)
-    as_unit = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255  # noqa: E731 - (N, 3, H, W)
+    as_unit = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).double() / 255  # noqa: E731 - (N, 3, H, W), as in ugen.rewards.ssim
     used = len(np.unique(codes))
     metrics = {
         "psnr_db": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))),
