@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -157,20 +158,21 @@ def validation_batches(sampler: RowSampler, vocab: Vocab, max_len: int, seed: in
     }
 
 
+def batch_loss(model, batch: dict, vocab: Vocab, active: torch.Tensor, device, autocast) -> torch.Tensor:
+    """Loss of one collated batch under the active image ids (NaN when no target is active)."""
+    batch = {k: v.to(device) for k, v in apply_active_vocab(batch, vocab, active).items()}
+    with autocast():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return masked_loss(logits, batch["labels"], vocab, active)
+
+
 @torch.no_grad()
 def validation_losses(model, batches: dict[str, dict], vocab: Vocab, active: torch.Tensor, device, autocast) -> dict[str, float]:
     """Per-task loss under the current active set; a task with no active target is left out."""
     model.eval()
-    losses = {}
-    for task, batch in batches.items():
-        batch = {k: v.to(device) for k, v in apply_active_vocab(batch, vocab, active).items()}
-        if not bool((batch["labels"] != -100).any()):
-            continue
-        with autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        losses[task] = masked_loss(logits, batch["labels"], vocab, active).item()
+    losses = {task: batch_loss(model, batch, vocab, active, device, autocast).item() for task, batch in batches.items()}
     model.train()
-    return losses
+    return {task: loss for task, loss in losses.items() if not math.isnan(loss)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,10 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         tasks = ("text",) if schedule.phase(step) == 0 else None
         batch = collate(sampler.rows(rng, local_batch, tasks), vocab.pad, args.max_len)
         active = schedule.active_codes(step)
-        batch = {k: v.to(device) for k, v in apply_active_vocab(batch, vocab, active).items()}
-        with autocast():
-            logits = train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = masked_loss(logits, batch["labels"], vocab, active)
+        loss = batch_loss(train_model, batch, vocab, active, device, autocast)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip) if args.grad_clip > 0 else None
         optimizer.step()

@@ -66,8 +66,6 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def load_split(args: argparse.Namespace, split: str, cache_dir: str | None = None) -> tuple[list[Example], int]:
     """`load_examples` with the flags of `add_data_args`: --num-train for train, --num-val otherwise."""
     num = args.num_train if split == "train" else args.num_val
-    if num is None and args.data == "shapes":
-        num = 20000
     return load_examples(args.data, split, image_column=args.image_column, text_column=args.text_column,
                          image_size=args.image_size, num=num, seed=args.seed, cache_dir=cache_dir)
 
