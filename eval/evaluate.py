@@ -3,8 +3,10 @@
     python eval/evaluate.py --model runs/default/model [--seed 0]
 
 Writes `results.json` (every score with its sample count), `report.md` and its pictures into an
-`eval/` folder beside the model directory, and prints a summary table. Categories so far:
+`eval/` folder beside the model directory, and prints a summary table. Categories:
 
+  summary        the headline numbers, as in UGen's Figure 1: Text (text-only QA), Image-Und (mean of
+                 caption F1 and VQA), Image-Gen (GenEval overall) and their unweighted mean.
   generation     GenEval-style: the six tasks of `eval/prompts/geneval.json`, several images per
                  prompt, each judged by the Shapes parser (`ugen.geneval.score`); `overall` is the
                  unweighted mean of the six. A sanity row first checks the judge on ground-truth
@@ -12,14 +14,16 @@ Writes `results.json` (every score with its sample count), `report.md` and its p
                  `single_object_exact`: images drawn for "a <color> <shape>" that parse to exactly
                  that one object.
   understanding  captions of the test images: attribute precision / recall / F1 and count accuracy
-                 against the scene; BLEU-4 against the reference (long) captions; `single_object` (the caption names exactly the right color and
-                 shape); VQA exact match by question type; `perception`: the fine-grained subset
-                 (the small object's color, whether a small object is present, the color at a place).
+                 against the scene; BLEU-4 and CIDEr-D (x10 scale, not in [0, 1]) against the reference
+                 captions; `single_object` (the caption names exactly the right color and shape); VQA
+                 exact match by question type; `perception`: the fine-grained subset (the small
+                 object's color, whether a small object is present, the color at a place).
   reconstruction image -> caption -> image by the model, scored against the original by the
                  parser's object F1, SSIM and the VQ encoder's feature cosine; `overall` their mean.
-  text           bits per byte of the test split's held-out passages.
-  tokenizer      PSNR, SSIM, codebook usage, and the parser's exact reading of VQ reconstructions (the
-                 ceiling of generation).
+  text           bits per byte of the test split's held-out passages (not in [0, 1]); `qa`: the
+                 same questions as VQA answered from the passage alone, by question type.
+  tokenizer      PSNR (dB), SSIM, codebook usage, and the parser's exact reading of VQ
+                 reconstructions (the ceiling of generation).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import argparse
 import random
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -45,10 +48,11 @@ import ugen
 from ugen import geneval, rewards
 from ugen.api import GENERATE_DEFAULTS
 from ugen.metrics import (
-    answer_correct,
+    accuracy_by_type,
     bits_per_byte,
     caption_attributes,
     caption_names_scene,
+    cider,
     image_shows,
     mean,
     tokenizer_metrics,
@@ -106,25 +110,56 @@ def understanding(model, examples, seed: int) -> tuple[dict, list[str]]:
     attributes = [caption_attributes(c, e.scene) for c, e in zip(captions, examples)]
     results = {f"caption_{k}": {"score": mean(a[k] for a in attributes), "n": len(attributes)}
                for k in ("precision", "recall", "f1", "count_correct")}
-    # Corpus BLEU-4 against the long dense caption, through torchmetrics (a maintained implementation).
-    results["caption_bleu4"] = {"score": float(bleu_score(captions, [[e.caption] for e in examples])), "n": len(examples)}
+    # Corpus BLEU-4 (torchmetrics) and CIDEr-D (pycocoevalcap) against the reference captions: the
+    # long dense caption and the short one.
+    references = [[e.caption, *(p for p in e.prompts if p != e.caption)] for e in examples]
+    results["caption_bleu4"] = {"score": float(bleu_score(captions, references)), "n": len(examples)}
+    results["caption_cider"] = {"score": cider(captions, references), "n": len(examples)}
     singles = [(c, e) for c, e in zip(captions, examples) if len(e.scene.objects) == 1]
     results["caption_single_object"] = {"score": mean(caption_names_scene(c, e.scene) for c, e in singles), "n": len(singles)}
 
-    questions = [(e, q, a, kind) for e in examples for q, a, kind in e.qa]
-    answers = []
-    for start in tqdm(range(0, len(questions), 256), desc="questions", leave=False):
-        chunk = questions[start : start + 256]
-        answers += model.answer([e.image for e, *_ in chunk], [q for _, q, _, _ in chunk], seed=seed)
-    by_type = defaultdict(list)
-    for predicted, (_, _, answer, kind) in zip(answers, questions):
-        by_type[kind].append(answer_correct(predicted, answer))
-    results["vqa"] = {"score": mean(f for flags in by_type.values() for f in flags), "n": len(answers)}
-    for kind, flags in sorted(by_type.items()):
-        results[f"vqa_{kind}"] = {"score": mean(flags), "n": len(flags)}
+    by_type = question_answering(model.answer, [(e.image, q, a, kind) for e in examples for q, a, kind in e.qa], seed)
+    results |= accuracy_rows("vqa", by_type)
     perception = [f for kind in PERCEPTION_TYPES for f in by_type.get(kind, [])]
     results["perception"] = {"score": mean(perception), "n": len(perception)}
     return results, captions
+
+
+def question_answering(answer_fn, questions: list[tuple], seed: int, chunk: int = 256) -> dict[str, list[bool]]:
+    """Exact-match flags by question type; `questions` are (context, question, answer, type) and
+    `answer_fn(contexts, questions, seed=)` is `model.answer` (images) or `model.answer_text` (passages)."""
+    predicted = []
+    for start in tqdm(range(0, len(questions), chunk), desc="questions", leave=False):
+        rows = questions[start : start + chunk]
+        predicted += answer_fn([r[0] for r in rows], [r[1] for r in rows], seed=seed)
+    return accuracy_by_type(predicted, [r[2] for r in questions], [r[3] for r in questions])
+
+
+def accuracy_rows(name: str, by_type: dict[str, list[bool]]) -> dict[str, dict]:
+    rows = {name: {"score": mean(f for flags in by_type.values() for f in flags), "n": sum(map(len, by_type.values()))}}
+    return rows | {f"{name}_{kind}": {"score": mean(flags), "n": len(flags)} for kind, flags in by_type.items()}
+
+
+def text(model, examples, seed: int) -> dict:
+    """Bits per byte of the held-out passages, and questions answered from the passage alone."""
+    rows = {"bits_per_byte": {"score": bits_per_byte(model, [e.passage for e in examples]), "n": len(examples)}}
+    by_type = question_answering(model.answer_text, [(e.passage, q, a, kind) for e in examples for q, a, kind in e.qa], seed)
+    return rows | accuracy_rows("qa", by_type)
+
+
+def summary(results: dict) -> dict:
+    """The headline numbers in the style of UGen's Figure 1, each in [0, 1]: Text (text-only QA),
+    Image-Und (mean of caption attribute F1 and VQA accuracy), Image-Gen (GenEval overall), and
+    `overall`, the unweighted mean of the three."""
+    und = results["understanding"]
+    rows = {
+        "text": results["text"]["qa"],
+        "image_und": {"score": mean([und["caption_f1"]["score"], und["vqa"]["score"]]),
+                      "n": und["caption_f1"]["n"] + und["vqa"]["n"]},
+        "image_gen": results["generation"]["overall"],
+    }
+    rows["overall"] = {"score": mean(r["score"] for r in rows.values()), "n": sum(r["n"] for r in rows.values())}
+    return rows
 
 
 def reconstruction(model, examples, captions: list[str], params: SamplingParams, seed: int) -> dict:
@@ -188,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="runs/default/model", help="model directory")
     parser.add_argument("--num-test", type=int, default=500, help="test scenes (fixed: the world's seed 0)")
     parser.add_argument("--num-reconstruct", type=int, default=200, help="test images for the reconstruction score")
+    parser.add_argument("--prompts-per-task", type=int, default=None, help="first N prompts of each generation task (default: all)")
     parser.add_argument("--images-per-prompt", type=int, default=4, help="images drawn per generation prompt")
     parser.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="guidance scale for generation")
     parser.add_argument("--temperature", type=float, default=GENERATE_DEFAULTS.temperature, help="generation temperature")
@@ -200,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.monotonic()
     torch.manual_seed(args.seed)
-    prompts = geneval.load_prompts(PROMPTS)
+    prompts = {task: specs[: args.prompts_per_task] for task, specs in geneval.load_prompts(PROMPTS).items()}
     sanity = judge_sanity(prompts)
     model = ugen.load(args.model, pick_device(args.device))
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.cfg)
@@ -213,9 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         "model": str(args.model), "seed": args.seed,
         "sampling": {"cfg": params.cfg, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
         "results": {"judge_sanity": sanity, "generation": gen, "understanding": und, "reconstruction": rec,
-                    "text": {"bits_per_byte": {"score": bits_per_byte(model, [e.passage for e in examples]), "n": len(examples)}},
-                    "tokenizer": tokenizer(model, examples)},
+                    "text": text(model, examples, args.seed), "tokenizer": tokenizer(model, examples)},
     }
+    results["results"] = {"summary": summary(results["results"]), **results["results"]}
     out = Path(args.out or Path(args.model).resolve().parent / "eval")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)

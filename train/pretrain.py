@@ -31,7 +31,7 @@ from ugen.errors import UserError
 from ugen.model import PRESETS, build_model, flops_per_token, masked_loss, num_params, save_model_dir
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything
 from ugen.schedule import VocabSchedule, build_schedule
-from ugen.sequences import TASKS, RowSampler, apply_active_vocab, collate
+from ugen.sequences import TASKS, TEXT_TASKS, RowSampler, apply_active_vocab, collate
 from ugen.text_tokenizer import TextTokenizer
 from ugen.training import (
     cached_codes,
@@ -72,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="torch.compile the model (auto: on CUDA only; it gave no gain on CPU)")
 
     mix = parser.add_argument_group("task mixture")
-    mix.add_argument("--mix", default="text=0.1,caption=0.3,vqa=0.2,t2i=0.4",
-                     help="task weights in phase 1, e.g. text=0.1,caption=0.3,vqa=0.2,t2i=0.4")
+    mix.add_argument("--mix", default="text=0.05,text_qa=0.1,caption=0.25,vqa=0.2,t2i=0.4",
+                     help=f"task weights in phase 1 over {', '.join(TASKS)} (phase 0 keeps the text ones)")
     mix.add_argument("--caption-dropout", type=float, default=0.1,
                      help="probability that a t2i row drops its caption (trains the unconditional branch of CFG)")
 
@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     del image_tokenizer  # the transformer trains on codes only
     train_examples, train_codes = splits["train"]
     sampler = RowSampler(train_examples, vocab, args.mix, args.caption_dropout)
+    if args.text_only_steps and not any(sampler.weights[TASKS.index(t)] > 0 for t in TEXT_TASKS):
+        raise UserError(f"--text-only-steps {args.text_only_steps} needs a text task ({', '.join(TEXT_TASKS)}) "
+                        "in --mix that this data supports")
     val_batches = validation_batches(RowSampler(splits["validation"][0], vocab, args.mix, 0.0), vocab, args.max_len, args.seed)
 
     # -- schedule, model, optimizer ---------------------------------------------------------
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"--max-minutes reached at step {step}: stopping", file=sys.stderr)
             break
         rng = np.random.default_rng([args.seed, step, dist.rank])  # data order is a function of the step
-        tasks = ("text",) if schedule.phase(step) == 0 else None
+        tasks = TEXT_TASKS if schedule.phase(step) == 0 else None
         batch = collate(sampler.rows(rng, local_batch, tasks), vocab.pad, args.max_len)
         active = schedule.active_codes(step)
         loss = batch_loss(train_model, batch, vocab, active, device, autocast)

@@ -19,7 +19,7 @@ from ugen.errors import UserError
 from ugen.model import load_transformer, read_meta
 from ugen.runtime import pick_device
 from ugen.sampling import Engine, SamplingParams
-from ugen.sequences import caption_prompt, t2i_prompt, vqa_prompt
+from ugen.sequences import caption_prompt, t2i_prompt, text_qa_prompt, vqa_prompt
 from ugen.text_tokenizer import TextTokenizer
 from ugen.vocab import Vocab
 from ugen.vq import ImageTokenizer, encode_images, to_uint8
@@ -101,6 +101,14 @@ class UGen:
         if len(images) != len(questions):
             raise ValueError("one question per image")
         prompts = [vqa_prompt(self.vocab, c, self._text_ids(q, "question")) for c, q in zip(self._codes(images), questions)]
+        return [self._decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
+
+    def answer_text(self, passages: Sequence[str], questions: Sequence[str], params: SamplingParams = GREEDY, seed: int = 0) -> list[str]:
+        """Answer `questions[i]` from the text `passages[i]` alone (no image)."""
+        if len(passages) != len(questions):
+            raise ValueError("one question per passage")
+        prompts = [text_qa_prompt(self.vocab, self._text_ids(p, "passage"), self._text_ids(q, "question"))
+                   for p, q in zip(passages, questions)]
         return [self._decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
 
     def ask(self, image: ImageLike, question: str, params: SamplingParams = GREEDY, seed: int = 0) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -62,6 +63,32 @@ def caption_attributes(caption: str, scene: Scene) -> dict:
         sized = _prf(Counter(mentions), Counter((o.size, o.color, o.shape) for o in scene.objects))
         out.update(zip(("size_precision", "size_recall", "size_f1"), sized))
     return out
+
+
+def cider(candidates: list[str], references: list[list[str]]) -> float:
+    """Corpus CIDEr-D (x10 scale, as reported in papers) of `candidates[i]` against `references[i]`.
+
+    Scored by pycocoevalcap, the COCO caption reference implementation. Its PTB tokenizer needs
+    Java, so texts are tokenized here the way it would for these captions: lower case, punctuation
+    dropped. The IDF weights come from the references, so the score is relative to this corpus.
+    """
+    from pycocoevalcap.cider.cider import Cider
+
+    def tokens(text: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+    refs = {i: [tokens(r) for r in rs] for i, rs in enumerate(references)}
+    cands = {i: [tokens(c)] for i, c in enumerate(candidates)}
+    score, _ = Cider().compute_score(refs, cands)
+    return float(score)
+
+
+def accuracy_by_type(predicted: list[str], answers: list[str], kinds: list[str]) -> dict[str, list[bool]]:
+    """Exact-match flags of each answer, grouped by question type."""
+    by_type: dict[str, list[bool]] = {}
+    for p, a, kind in zip(predicted, answers, kinds):
+        by_type.setdefault(kind, []).append(answer_correct(p, a))
+    return dict(sorted(by_type.items()))
 
 
 @torch.no_grad()

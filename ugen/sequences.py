@@ -1,12 +1,13 @@
-"""The four sequence formats and the batches built from them.
+"""The five sequence formats and the batches built from them.
 
     text     bos text eos
+    text_qa  bos passage question <answer> answer eos        (reading comprehension, no image)
     caption  bos boi codes eoi <caption> caption eos
     vqa      bos boi codes eoi question <answer> answer eos
     t2i      bos <gen> caption boi codes eoi eos        (caption dropped with prob p, for CFG)
 
 Each row carries a loss mask: the model is trained on what the task asks it to produce (the whole
-passage, the caption, the answer, the image), not on the conditioning it is given.
+passage, the caption, the answers, the image), not on the conditioning it is given.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 
 from ugen.vocab import Vocab
 
-TASKS = ("text", "caption", "vqa", "t2i")
+TASKS = ("text", "text_qa", "caption", "vqa", "t2i")
+TEXT_TASKS = ("text", "text_qa")  # what phase 0 of the vocabulary schedule trains on
 IGNORE = -100  # label value that cross-entropy skips
 
 
@@ -31,6 +33,15 @@ class Row:
 
 def text_row(vocab: Vocab, text: list[int]) -> Row:
     return Row([vocab.bos, *vocab.from_text(text), vocab.eos], 0, "text")
+
+
+def text_qa_prompt(vocab: Vocab, passage: list[int], question: list[int]) -> list[int]:
+    return [vocab.bos, *vocab.from_text(passage), *vocab.from_text(question), vocab.answer]
+
+
+def text_qa_row(vocab: Vocab, passage: list[int], question: list[int], answer: list[int]) -> Row:
+    prompt = text_qa_prompt(vocab, passage, question)
+    return Row([*prompt, *vocab.from_text(answer), vocab.eos], len(prompt) - 1, "text_qa")
 
 
 def caption_prompt(vocab: Vocab, codes) -> list[int]:
@@ -108,7 +119,8 @@ class TokenizedExample:
 class RowSampler:
     """Draws training batches: a task per row by the mixture weights, then an example for it.
 
-    A task the data cannot feed (no QA pairs in a bring-your-own data set) gets weight 0. The draw
+    A task the data cannot feed (no QA pairs in a bring-your-own data set: no vqa, no text_qa) gets
+    weight 0. The draw
     depends only on the generator passed in, which the training loop seeds from (seed, step): the
     data order of a resumed run is the uninterrupted run's.
     """
@@ -121,7 +133,7 @@ class RowSampler:
         self.with_qa = [i for i, e in enumerate(examples) if e.qa]
         weights = np.array([mix.get(t, 0.0) for t in TASKS], dtype=float)
         if not self.with_qa:
-            weights[TASKS.index("vqa")] = 0.0
+            weights[TASKS.index("vqa")] = weights[TASKS.index("text_qa")] = 0.0
         if weights.sum() <= 0:
             raise ValueError(f"task mixture {mix} puts no weight on a task this data supports")
         self.weights = weights / weights.sum()
@@ -139,9 +151,11 @@ class RowSampler:
 
     def row(self, task: str, rng: np.random.Generator) -> Row:
         vocab = self.vocab
-        if task == "vqa":
+        if task in ("vqa", "text_qa"):
             ex = self.examples[self.with_qa[rng.integers(len(self.with_qa))]]
             question, answer = ex.qa[rng.integers(len(ex.qa))]
+            if task == "text_qa":  # the same question, answered from the passage about the scene
+                return text_qa_row(vocab, ex.passage, question, answer)
             return vqa_row(vocab, ex.codes, question, answer)
         ex = self.examples[rng.integers(len(self.examples))]
         if task == "text":

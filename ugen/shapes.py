@@ -384,6 +384,14 @@ _PALETTE = np.array([COLORS[c] for c in _PALETTE_NAMES], dtype=np.float32)  # (8
 _CANDIDATE_DIST = 40.0  # RGB distance from the background that may be object (noise: far less)
 _MIN_PIXELS = 12  # fewer foreground pixels than this is a speckle, not an object (small ≈ 40)
 _MIN_EXTENT = 4  # a 1–3 px thin strip is bleed from a neighbouring cell, not an object
+# What an object looks like, so that a smear of colors is not read as one. Measured per object on
+# 300 test scenes, at the 1st / 99th percentile: VQ reconstructions, blurred noisy renders and a
+# trained model's images have template IoU >= 0.86, palette distance <= 35 and off-line spread
+# <= 14. Decodings of random VQ codes have median IoU 0.49 and palette distance 84, and only 0.7%
+# of their blobs pass all three (the parser used to read an object in nearly every cell of them).
+_MIN_TEMPLATE_IOU = 0.75  # the blob must overlap some shape's template this well
+_MAX_PALETTE_DIST = 40.0  # its color must be this close (RGB) to one of the eight colors
+_MAX_COLOR_SPREAD = 20.0  # its pixels this close (median) to one color blended with the background
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
@@ -454,7 +462,12 @@ def _parse_cell(pixels: np.ndarray, smooth: np.ndarray, cell: int) -> ShapeObjec
     if len(rows) < _MIN_PIXELS or min(np.ptp(rows), np.ptp(cols)) + 1 < _MIN_EXTENT:
         return None
 
-    name = _PALETTE_NAMES[int(np.argmin(np.linalg.norm(_PALETTE - color, axis=1)))]
+    palette_dist = np.linalg.norm(_PALETTE - color, axis=1)  # (8,)
+    # Off the background-to-color line: a blurred edge lies on it, a mix with another color does not.
+    off_line = np.linalg.norm(pixels[blob] - _BG - strength[blob, None] * direction, axis=-1)
+    if palette_dist.min() > _MAX_PALETTE_DIST or np.median(off_line) > _MAX_COLOR_SPREAD:
+        return None
+    name = _PALETTE_NAMES[int(np.argmin(palette_dist))]
     # Shape and size together: the clean render (shifted by up to 1 px) that best overlaps the
     # blob (IoU). Whole-shape overlap tolerates what breaks single features such as fill ratio:
     # a blurred triangle loses its thin apex and a blurred square its corners, yet each still
@@ -462,7 +475,10 @@ def _parse_cell(pixels: np.ndarray, smooth: np.ndarray, cell: int) -> ShapeObjec
     keys, templates = _templates()
     inter = (templates & blob).sum(axis=(1, 2))  # (K,)
     union = (templates | blob).sum(axis=(1, 2))  # (K,)
-    shape, size = keys[int(np.argmax(inter / union))]
+    iou = inter / union
+    if iou.max() < _MIN_TEMPLATE_IOU:
+        return None
+    shape, size = keys[int(np.argmax(iou))]
     return ShapeObject(shape, name, size, cell)
 
 
