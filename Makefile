@@ -16,7 +16,7 @@ SEEDS ?= 0 1 2
 JOBS ?= 2
 ABLATION ?= runs/ablation-$(PRESET)
 
-.PHONY: install pretrain vq text-tokenizer eval ablation test clean
+.PHONY: install pretrain vq text-tokenizer eval ablation rl test clean
 
 # torch first, pinned: the CPU wheel is on the machine, and any looser requirement resolved on its own
 # pulls the CUDA build. Everything after is constrained to that torch. flash-attn is only in .[gpu].
@@ -41,6 +41,11 @@ text-tokenizer: $(RUN)/text/text.model
 # The main job: Shapes, the tiny preset, the progressive schedule; writes $(RUN)/model.
 pretrain: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
 	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) --seed $(SEED) --wandb $(WANDB) \
+		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES)) $(ARGS)
+
+# Unified-GRPO from MODEL into $(RUN)/model-rl (checkpoints, metrics, samples in $(RUN)/rl).
+rl: | .venv/installed
+	$(PYTHON) train/rl.py --model $(MODEL) --out $(RUN)/model-rl --seed $(SEED) --wandb $(WANDB) \
 		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES)) $(ARGS)
 
 eval: | .venv/installed

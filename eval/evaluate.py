@@ -218,6 +218,13 @@ def write_report(out: Path, results: dict, samples: dict, captions: list, upscal
     (out / "report.md").write_text("\n".join(lines))
 
 
+def default_out(model: Path) -> Path:
+    """eval/ beside the model directory; eval-NAME/ for a directory not named `model` (such as
+    model-rl), so that evaluating two models of one run never overwrites either's results."""
+    model = model.resolve()
+    return model.parent / ("eval" if model.name == "model" else f"eval-{model.name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/default/model", help="model directory")
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-p", type=float, default=GENERATE_DEFAULTS.top_p, help="generation top-p")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--out", default=None, help="results directory (default: eval/ beside the model)")
+    parser.add_argument("--out", default=None, help="results directory (default: eval/ beside the model, eval-NAME/ for MODEL-NAME)")
     args = parser.parse_args(argv)
 
     start = time.monotonic()
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                     "text": text(model, examples, args.seed), "tokenizer": tokenizer(model, examples)},
     }
     results["results"] = {"summary": summary(results["results"]), **results["results"]}
-    out = Path(args.out or Path(args.model).resolve().parent / "eval")
+    out = Path(args.out or default_out(Path(args.model)))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     write_report(out, results, samples, list(zip(captions[:8], [e.caption for e in examples[:8]])))

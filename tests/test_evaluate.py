@@ -10,7 +10,7 @@ def test_evaluate_writes_results_and_report(tiny_model_dir, tmp_path):
     result = run_script("eval/evaluate.py", "--model", str(tiny_model_dir), "--num-test", "20",
                         "--images-per-prompt", "1", "--num-reconstruct", "8", "--out", str(out))
     results = json.loads((out / "results.json").read_text())["results"]
-    assert set(results) == {"judge_sanity", "generation", "understanding", "reconstruction", "text", "tokenizer"}
+    assert set(results) == {"summary", "judge_sanity", "generation", "understanding", "reconstruction", "text", "tokenizer"}
     assert all(r["score"] >= 0.99 for r in results["judge_sanity"].values())
     tasks = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
     gen = results["generation"]
@@ -19,7 +19,12 @@ def test_evaluate_writes_results_and_report(tiny_model_dir, tmp_path):
     for rows in results.values():
         for name, row in rows.items():
             assert row["n"] > 0, name
-            assert name in ("psnr_db", "bits_per_byte", "vq_feature_cosine", "overall") or 0.0 <= row["score"] <= 1.0, (name, row)
+            assert name in ("psnr_db", "bits_per_byte", "caption_cider") or 0.0 <= row["score"] <= 1.0, (name, row)
+    und, summary = results["understanding"], results["summary"]
+    assert summary["text"] == results["text"]["qa"] and summary["image_gen"] == gen["overall"]
+    assert summary["image_und"]["score"] == (und["caption_f1"]["score"] + und["vqa"]["score"]) / 2
+    assert summary["overall"]["score"] == sum(summary[k]["score"] for k in ("text", "image_und", "image_gen")) / 3
+    assert results["text"]["qa"]["n"] == und["vqa"]["n"]  # the VQA questions, asked of the passages
     report = (out / "report.md").read_text()
     assert all(f"samples-{t}.png" in report for t in tasks) and (out / "generation.png").is_file()
     assert "generation" in result.stdout

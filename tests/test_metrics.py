@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ugen.metrics import answer_correct, caption_names_scene, image_shows, mean
+from ugen.metrics import accuracy_by_type, answer_correct, caption_names_scene, cider, image_shows, mean
 from ugen.shapes import BACKGROUND, Scene, ShapeObject, render
 
 RED_CIRCLE = Scene((ShapeObject("circle", "red", "large", 4),))
@@ -32,6 +32,21 @@ def test_answers_and_mean():
     assert answer_correct(" Red.", "red") and not answer_correct("blue", "red")
     assert mean([True, False, True, True]) == 0.75
     assert np.isnan(mean([]))
+
+
+def test_answers_grouped_by_question_type():
+    flags = accuracy_by_type(["red", "two", "no"], ["red", "three", "no"], ["color", "count", "exist"])
+    assert flags == {"color": [True], "count": [False], "exist": [True]}
+
+
+def test_cider_on_known_cases():
+    refs = [["a red circle at the top left"], ["two blue squares on the right"], ["a small green triangle in the center"]]
+    perfect = [r[0] for r in refs]
+    assert cider(perfect, refs) == pytest.approx(10.0)  # CIDEr-D's x10 scale: identical texts score 10
+    assert cider(["A red circle, at the top left.", *perfect[1:]], refs) == pytest.approx(10.0)  # case, punctuation
+    wrong_color = ["a blue circle at the top left", *perfect[1:]]
+    assert cider(wrong_color, refs) < cider(perfect, refs)
+    assert cider(["purple stars"] * 3, refs) == 0.0  # nothing in common
 
 
 def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_per_byte():

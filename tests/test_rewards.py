@@ -28,3 +28,36 @@ def test_ssim_and_feature_cosine_are_one_for_identical_images():
     cosine = rewards.VQFeatureCosine(ImageTokenizer(VQConfig()).eval())
     assert cosine(render(A), render(A)) == pytest.approx(1.0, abs=1e-5)
     assert -1.0 <= cosine(render(A), BLANK) < 1.0
+
+
+def tiny_dinov2(path):
+    """A randomly initialized DINOv2 with its image processor, saved like a user's checkpoint."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                          patch_size=8, image_size=32)
+    Dinov2Model(config).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def test_hugging_face_vision_cosine_from_a_local_path(tmp_path):
+    reward = rewards.HFVisionCosine(tiny_dinov2(tmp_path / "dinov2"))
+    assert reward(render(A), render(A), None) == pytest.approx(1.0, abs=1e-5)
+    assert reward(render(A), BLANK, None) < reward(render(A), render(A), None)
+    with pytest.raises(rewards.UserError, match="config.json"):
+        rewards.HFVisionCosine(tmp_path / "nothing-here")
+
+
+def test_weighted_sums_and_reward_specs(tmp_path):
+    combo = rewards.build_reward("object_f1=0.75,ssim=0.25")
+    original, recon = render(A), render(B)
+    expected = 0.75 * rewards.object_f1(original, recon, A) + 0.25 * rewards.ssim(original, recon, A)
+    assert combo(original, recon, A) == pytest.approx(expected)
+    assert rewards.build_reward("object_f1")(original, original, A) == 1.0  # weight 1 by default
+    hf = rewards.build_reward("hf_cosine=2", reward_model=str(tiny_dinov2(tmp_path / "m")))
+    assert hf(original, original, None) == pytest.approx(2.0, abs=1e-4)
+    for bad, message in [("bleu", "unknown reward"), ("ssim=x", "not a number"), ("hf_cosine", "--reward-model"), ("", "empty")]:
+        with pytest.raises(rewards.UserError, match=message):
+            rewards.build_reward(bad)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -34,6 +33,7 @@ from ugen.schedule import VocabSchedule, build_schedule
 from ugen.sequences import TASKS, TEXT_TASKS, RowSampler, apply_active_vocab, collate
 from ugen.text_tokenizer import TextTokenizer
 from ugen.training import (
+    MetricsLog,
     cached_codes,
     checkpoints,
     load_checkpoint,
@@ -237,14 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.resume and dist.main:
         print(f"--resume: no checkpoint in {run / 'checkpoints'}, starting fresh", file=sys.stderr)
 
-    # One JSON line per step (loss, lr, active ids, validation losses): the record a resumed run is
-    # compared against. Lines past the checkpoint a run resumes from belong to the killed run: drop them.
-    metrics_path = run / "metrics.jsonl"
-    if dist.main:
-        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.is_file() and start else [])
-                if json.loads(line)["step"] <= start]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
-        metrics_file = metrics_path.open("a")
+    if dist.main:  # one JSON line per step: loss, lr, active ids, validation losses
+        metrics = MetricsLog(run / "metrics.jsonl", start)
 
     train_model = dist.wrap(model)
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
@@ -296,8 +290,7 @@ def main(argv: list[str] | None = None) -> None:
                 logs["mfu"] = flops_per_token(model, args.max_len) * logs["tokens_per_s"] / 989e12
         if dist.main:
             wandb_run.log(logs, step=done)
-            metrics_file.write(json.dumps({"step": done, **logs}) + "\n")
-            metrics_file.flush()
+            metrics.write(done, logs)
             bar.set_postfix(loss=f"{loss_value:.3f}", active=int(active.sum()), **{k: f"{v:.2f}" for k, v in val.items()})
         if done % args.checkpoint_every == 0 and done < args.steps and dist.main:
             save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"schedule": schedule.to_dict(), "config": config})
@@ -306,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         step = args.steps
     bar.close()
     if dist.main:
-        metrics_file.close()
+        metrics.close()
 
     # -- save ---------------------------------------------------------------------------------
     if dist.main:

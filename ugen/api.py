@@ -74,7 +74,7 @@ class UGen:
             raise UserError(f"the {what} is empty")
         return self.text.encode(text.strip())
 
-    def _decode_text(self, ids: list[int]) -> str:
+    def decode_text(self, ids: list[int]) -> str:
         return self.text.decode(self.vocab.to_text(ids)).strip()
 
     def _run(self, prompts: list[list[int]], params: SamplingParams, seed: int, **kwargs) -> list[list[int]]:
@@ -94,14 +94,14 @@ class UGen:
     def caption(self, images: Sequence[ImageLike], params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> list[str]:
         """One caption per image (greedy by default)."""
         prompts = [caption_prompt(self.vocab, c) for c in self._codes(images)]
-        return [self._decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=max_new_tokens)]
+        return [self.decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=max_new_tokens)]
 
     def answer(self, images: Sequence[ImageLike], questions: Sequence[str], params: SamplingParams = GREEDY, seed: int = 0) -> list[str]:
         """Answer `questions[i]` about `images[i]`."""
         if len(images) != len(questions):
             raise ValueError("one question per image")
         prompts = [vqa_prompt(self.vocab, c, self._text_ids(q, "question")) for c, q in zip(self._codes(images), questions)]
-        return [self._decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
+        return [self.decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
 
     def answer_text(self, passages: Sequence[str], questions: Sequence[str], params: SamplingParams = GREEDY, seed: int = 0) -> list[str]:
         """Answer `questions[i]` from the text `passages[i]` alone (no image)."""
@@ -109,7 +109,7 @@ class UGen:
             raise ValueError("one question per passage")
         prompts = [text_qa_prompt(self.vocab, self._text_ids(p, "passage"), self._text_ids(q, "question"))
                    for p, q in zip(passages, questions)]
-        return [self._decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
+        return [self.decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
 
     def ask(self, image: ImageLike, question: str, params: SamplingParams = GREEDY, seed: int = 0) -> str:
         return self.answer([image], [question], params, seed)[0]
@@ -137,7 +137,7 @@ class UGen:
     def complete(self, prompt: str, params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> str:
         """Continue a text prompt; returns the prompt and its continuation as one text."""
         ids = [self.vocab.bos, *self.vocab.from_text(self._text_ids(prompt, "prompt"))]
-        return self._decode_text(ids + self._run([ids], params, seed, max_new_tokens=max_new_tokens)[0])
+        return self.decode_text(ids + self._run([ids], params, seed, max_new_tokens=max_new_tokens)[0])
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "auto") -> UGen:

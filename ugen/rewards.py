@@ -2,17 +2,20 @@
 
 Each is a small callable `(original, reconstruction, scene or None) -> float` on (H, W, 3) uint8
 images, higher is more alike, in [0, 1] for the parser and SSIM and [-1, 1] for cosines. They are
-plain callables so that a reward is a weighted sum of any of them.
+plain callables so that a reward is a weighted sum of any of them (`build_reward`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from ugen.errors import UserError
 from ugen.shapes import Scene, parse
 
 
@@ -47,3 +50,79 @@ class VQFeatureCosine:
         pair = torch.cat([_unit(original), _unit(reconstruction)]).float().to(self.tokenizer.device) * 2 - 1  # [-1, 1]
         features = self.tokenizer.encoder(pair).mean(dim=(2, 3))  # (2, D)
         return float(torch.nn.functional.cosine_similarity(features[0], features[1], dim=0))
+
+
+class HFVisionCosine:
+    """Cosine of the pooled image features of a Hugging Face vision model loaded from a local
+    directory (a CLIP, SigLIP or DINOv2 checkpoint a user has, with its image processor config)."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        from transformers import AutoImageProcessor, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a local load is instant; its bar is noise on stderr
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"--reward-model {path}: not a Hugging Face model directory (no config.json)")
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).to(device).eval()
+        except (OSError, ValueError) as err:
+            raise UserError(f"--reward-model {path}: cannot be loaded ({str(err).splitlines()[0]})") from None
+        self.device = device
+
+    @torch.no_grad()
+    def features(self, images: list[np.ndarray]) -> torch.Tensor:
+        """(N, D) pooled features of (H, W, 3) uint8 images."""
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        if hasattr(self.model, "get_image_features"):  # two-tower models (CLIP, SigLIP): the image tower's embedding
+            out = self.model.get_image_features(pixel_values=pixels)
+        else:
+            out = self.model(pixel_values=pixels)
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        pooled = getattr(out, "pooler_output", None)
+        return (pooled if pooled is not None else out.last_hidden_state.mean(dim=1)).float()
+
+    def __call__(self, original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
+        features = self.features([original, reconstruction])
+        return float(torch.nn.functional.cosine_similarity(features[0], features[1], dim=0))
+
+
+class WeightedSum:
+    """sum_i w_i * reward_i(original, reconstruction, scene)."""
+
+    def __init__(self, parts: dict[str, tuple[float, Callable]]):
+        self.parts = parts
+
+    def __call__(self, original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
+        return sum(w * fn(original, reconstruction, scene) for w, fn in self.parts.values())
+
+
+REWARDS = ("object_f1", "ssim", "vq_cosine", "hf_cosine")
+
+
+def build_reward(spec: str, tokenizer=None, reward_model: str | None = None, device="cpu") -> WeightedSum:
+    """A reward from a spec such as "object_f1" or "object_f1=0.7,ssim=0.3" (weights default to 1).
+
+    vq_cosine needs the VQ `tokenizer`; hf_cosine the `reward_model` directory. object_f1 needs
+    Shapes scenes (or images the parser can read)."""
+    parts: dict[str, tuple[float, Callable]] = {}
+    for item in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, weight = item.partition("=")
+        name = name.strip()
+        if name not in REWARDS:
+            raise UserError(f"--reward {spec!r}: unknown reward {name!r} (rewards: {', '.join(REWARDS)})")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise UserError(f"--reward {spec!r}: {weight!r} is not a number") from None
+        if name == "hf_cosine" and reward_model is None:
+            raise UserError("--reward hf_cosine needs --reward-model PATH (a local Hugging Face vision model)")
+        fn = {"object_f1": lambda: object_f1, "ssim": lambda: ssim,
+              "vq_cosine": lambda: VQFeatureCosine(tokenizer),
+              "hf_cosine": lambda: HFVisionCosine(reward_model, device)}[name]()
+        parts[name] = (w, fn)
+    if not parts:
+        raise UserError("--reward is empty")
+    return WeightedSum(parts)

@@ -88,6 +88,28 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
     return factor
 
 
+# -- metrics ----------------------------------------------------------------------------------
+class MetricsLog:
+    """`metrics.jsonl`: one JSON line per step, the record a resumed run is compared against.
+
+    A run resumed from step N drops the lines past N, which belong to the killed run, so the file
+    always reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, resumed_at: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.read_text().splitlines() if path.is_file() and resumed_at else []
+        path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= resumed_at))
+        self.path, self.file = path, path.open("a")
+
+    def write(self, step: int, logs: dict[str, Any]) -> None:
+        self.file.write(json.dumps({"step": step, **logs}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 CHECKPOINT = re.compile(r"^step-(\d+)$")
 

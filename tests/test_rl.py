@@ -1,0 +1,42 @@
+"""`train/rl.py` end to end on the tiny model: both stages, a model directory out, resume, bad input."""
+
+import json
+
+import ugen
+from conftest import TINY_DATA, run_script
+
+SMALL = ["--images-per-step", "2", "--group-size", "2", *TINY_DATA, "--wandb", "disabled"]
+
+
+def test_two_step_rl_run_alternates_stages_and_writes_a_model(tiny_model_dir, tmp_path):
+    out = tmp_path / "model-rl"
+    result = run_script("train/rl.py", "--model", str(tiny_model_dir), "--out", str(out), "--steps", "2",
+                        "--sample-every", "1", *SMALL)
+    assert "stage 1 reward" in result.stdout and "stage 2 reward" in result.stdout
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == [1, 2]
+    assert 0.0 <= rows[0]["stage1/reward"] <= 1.0 and 0.0 <= rows[1]["stage2/reward"] <= 1.0
+    assert all(k in rows[0] for k in ("kl", "clip_fraction", "entropy", "caption_tokens"))
+    assert (tmp_path / "rl" / "samples" / "step-00002.png").is_file()
+    model = ugen.load(out, "cpu")  # a complete model directory that serves like the one it started from
+    assert model.meta["rl"]["steps"] == 2 and model.meta["vocab"] == ugen.load(tiny_model_dir, "cpu").meta["vocab"]
+    assert len(model.caption([model.decode_codes(model.generate_codes(["a red circle"]))[0]])) == 1
+
+
+def test_rl_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
+    args = ["--model", str(tiny_model_dir), "--out", str(tmp_path / "model-rl"), "--stages", "2",
+            "--checkpoint-every", "1", *SMALL]
+    run_script("train/rl.py", *args, "--steps", "1")
+    resumed = run_script("train/rl.py", *args, "--steps", "2", "--resume")
+    assert "resuming from" in resumed.stderr and "at step 1" in resumed.stderr
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_bad_rl_arguments_are_one_line_errors(tiny_model_dir, tmp_path):
+    for extra, message in [(["--reward", "bleu"], "unknown reward"), (["--group-size", "1"], "--group-size"),
+                           (["--reward", "hf_cosine"], "--reward-model")]:
+        result = run_script("train/rl.py", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), *extra, check=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    missing = run_script("train/rl.py", "--model", str(tmp_path / "none"), check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr

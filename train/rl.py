@@ -1,0 +1,248 @@
+"""Unified-GRPO: reinforce one ugen model with a reconstruction reward, in two stages (UAE).
+
+    python train/rl.py --model runs/default/model --out runs/default/model-rl [--stages alternate]
+
+Understanding is an encoder (image -> caption) and generation a decoder (caption -> image); the
+reward of both is how well the image comes back, `reward(original, reconstruction, scene)`.
+
+  stage 1  generation for understanding: G captions sampled per image (temperature, top-p), an
+           image drawn from each by the current model (no gradient), GRPO on the caption tokens.
+  stage 2  understanding for generation: one greedy caption per image, G images sampled from it
+           with CFG, GRPO on the image tokens.
+
+`--stages 1`, `2` or `alternate` (1, 2, 1, ...). The loss (`ugen.grpo.grpo_loss`) normalizes
+advantages within each group, clips the importance ratio, adds a k3 KL to the frozen starting model
+(`--kl-beta`, 0 turns it off) and makes `--epochs` optimizer passes over each batch of rollouts.
+Per-step reward per stage, KL, clip fraction, entropy and caption length go to RUN/metrics.jsonl,
+wandb and the progress bar; samples (originals, reconstructions, captions) to RUN/samples every
+`--sample-every` steps; checkpoints to RUN/checkpoints (`--resume` continues from the newest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from tqdm import tqdm
+
+
+from ugen.api import GENERATE_DEFAULTS, UGen, load
+from ugen.data import add_data_args, load_split
+from ugen.errors import UserError
+from ugen.grpo import group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
+from ugen.model import read_meta, save_model_dir
+from ugen.rewards import REWARDS, build_reward
+from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
+from ugen.sampling import SamplingParams
+from ugen.sequences import caption_prompt, t2i_prompt
+from ugen.training import MetricsLog, cached_codes, checkpoints, load_checkpoint, make_optimizer, save_checkpoint, warmup_cosine
+
+MAX_CAPTION_TOKENS = 48
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="runs/default/model", help="model directory to start from")
+    parser.add_argument("--out", default=None, help="model directory to write (default: MODEL-rl beside MODEL)")
+    parser.add_argument("--run-dir", default=None, help="checkpoints, metrics and samples (default: OUT's parent/rl)")
+    add_data_args(parser)
+
+    rl = parser.add_argument_group("Unified-GRPO")
+    rl.add_argument("--stages", choices=["1", "2", "alternate"], default="alternate",
+                    help="1: captions (generation for understanding); 2: images (understanding for generation)")
+    rl.add_argument("--steps", type=int, default=120, help="RL steps (each: rollouts, rewards, --epochs updates)")
+    rl.add_argument("--images-per-step", type=int, default=8, help="images (groups) per step")
+    rl.add_argument("--group-size", type=int, default=4, help="G: captions (stage 1) or images (stage 2) per image")
+    rl.add_argument("--reward", default="object_f1",
+                    help=f"reward, a weighted sum of {', '.join(REWARDS)}, e.g. object_f1=0.7,ssim=0.3")
+    rl.add_argument("--reward-model", default=None, help="local Hugging Face vision model for hf_cosine (CLIP, DINOv2, ...)")
+    rl.add_argument("--caption-temperature", type=float, default=1.0, help="stage 1 caption sampling")
+    rl.add_argument("--caption-top-p", type=float, default=0.95, help="stage 1 caption sampling")
+    rl.add_argument("--image-temperature", type=float, default=1.0, help="stage 2 image sampling")
+    rl.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="stage 2 guidance scale")
+    rl.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (constant after warmup)")
+    rl.add_argument("--warmup", type=int, default=5, help="linear warmup steps")
+    rl.add_argument("--epochs", type=int, default=2, help="optimizer passes over each batch of rollouts")
+    rl.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip range of the importance ratio")
+    rl.add_argument("--kl-beta", type=float, default=0.04, help="weight of the k3 KL to the starting model (0: off)")
+    rl.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+
+    log = parser.add_argument_group("logging and checkpoints")
+    log.add_argument("--sample-every", type=int, default=20, help="steps between saved samples")
+    log.add_argument("--checkpoint-every", type=int, default=40, help="steps between checkpoints")
+    log.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN/checkpoints")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    for name in ("steps", "images_per_step", "group_size", "epochs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
+    if args.group_size < 2:
+        raise UserError("--group-size must be >= 2: GRPO's advantages compare samples within a group")
+    return args
+
+
+def stage_of(step: int, stages: str) -> int:
+    return {"1": 1, "2": 2}.get(stages) or 1 + step % 2
+
+
+class Rollouts:
+    """Sampling with the current policy: captions and images, as token ids and as pictures."""
+
+    def __init__(self, policy: UGen):
+        self.policy, self.vocab = policy, policy.vocab
+
+    def captions(self, codes: np.ndarray, params: SamplingParams, generator) -> tuple[list[list[int]], list[list[int]]]:
+        """Caption prompts and the sampled completions (text pieces, then <eos> unless cut)."""
+        prompts = [caption_prompt(self.vocab, c) for c in codes]
+        return prompts, self.policy.engine.generate(prompts, max_new_tokens=MAX_CAPTION_TOKENS, params=params, generator=generator)
+
+    def images(self, captions: list[list[int]], params: SamplingParams, generator) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
+        """Generation prompts for caption completions, the sampled code completions (codes, <eoi>)
+        and the decoded images. An empty caption is the unconditional prompt: it still draws."""
+        prompts = [t2i_prompt(self.vocab, self.vocab.to_text(c)) for c in captions]
+        uncond = [t2i_prompt(self.vocab, None)] * len(prompts)
+        image_len = self.policy.image_len
+        completions = self.policy.engine.generate(prompts, max_new_tokens=image_len + 1, params=params, uncond_prompts=uncond,
+                                                  stop_ids=(self.vocab.eoi,), generator=generator)
+        codes = np.array([self.vocab.to_codes(c)[:image_len] for c in completions], dtype=np.int64)
+        return prompts, completions, self.policy.decode_codes(codes)
+
+
+def save_samples(directory: Path, step: int, originals, reconstructions, captions: list[str], stage: int) -> None:
+    """A two-row strip (originals over their reconstructions) and the captions, per saved step."""
+    directory.mkdir(parents=True, exist_ok=True)
+    top, bottom = np.concatenate(list(originals), axis=1), np.concatenate(list(reconstructions), axis=1)
+    strip = np.concatenate([top, bottom], axis=0)
+    PIL.Image.fromarray(strip).resize((strip.shape[1] * 3, strip.shape[0] * 3), PIL.Image.NEAREST).save(directory / f"step-{step:05d}.png")
+    write_json(directory / f"step-{step:05d}.json", {"step": step, "stage": stage, "captions": captions})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    start_time = time.monotonic()
+    deadline = Deadline(args.max_minutes)
+    model_dir = Path(args.model)
+    out = Path(args.out or model_dir.with_name(model_dir.name + "-rl"))
+    run = Path(args.run_dir or out.parent / "rl")
+    if out.resolve() == model_dir.resolve():
+        raise UserError("--out must differ from --model: the starting model is the KL reference and stays as it is")
+    seed_everything(args.seed)
+    device = pick_device(args.device)
+    policy = load(model_dir, device)
+    meta = read_meta(model_dir)
+    model, vocab = policy.model, policy.vocab
+    reward_fn = build_reward(args.reward, policy.image_tokenizer, args.reward_model, device)
+    reference = None
+    if args.kl_beta > 0:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    examples, skipped = load_split(args, "train")
+    if not examples:
+        raise UserError(f"{args.data}: the train split has no readable examples")
+    if skipped:
+        print(f"train: skipped {skipped} unreadable rows of {len(examples) + skipped}", file=sys.stderr)
+    key = f"{args.data}|train|{args.num_train}|{args.image_size}|{args.seed}"
+    codes = cached_codes(policy.image_tokenizer, examples, run / "cache", key)
+
+    optimizer = make_optimizer(model, args.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
+    config = vars(args) | {"start_model": str(model_dir)}
+    start = 0
+    found = checkpoints(run / "checkpoints")
+    if args.resume and found:
+        start = load_checkpoint(found[-1][1], model, optimizer, scheduler)["step"]
+        print(f"resuming from {found[-1][1]} at step {start}", file=sys.stderr)
+    elif args.resume:
+        print(f"--resume: no checkpoint in {run / 'checkpoints'}, starting fresh", file=sys.stderr)
+    metrics = MetricsLog(run / "metrics.jsonl", start)
+    wandb_run = init_wandb(args.wandb, run, "ugen-rl", config)
+
+    rollouts = Rollouts(policy)
+    G, B = args.group_size, args.images_per_step
+    caption_params = SamplingParams(args.caption_temperature, 0, args.caption_top_p)
+    image_params = SamplingParams(args.image_temperature, 0, 1.0, args.cfg)
+    greedy = SamplingParams(temperature=0.0)
+    print(f"rl: stages {args.stages}, {B} images x {G} per step, reward {args.reward}, KL beta {args.kl_beta}", file=sys.stderr)
+
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="rl")
+    step = start
+    for step in bar:
+        if deadline.expired():
+            print(f"--max-minutes reached at step {step}: stopping", file=sys.stderr)
+            break
+        stage = stage_of(step, args.stages)
+        rng = np.random.default_rng([args.seed, step])  # the images of a step: a resumed run redraws the same
+        pick = rng.choice(len(examples), size=B, replace=False)
+        generator = torch.Generator(device).manual_seed(int(rng.integers(2**62)))
+        originals = [examples[i].image for i in pick for _ in range(G)]
+        scenes = [examples[i].scene for i in pick for _ in range(G)]
+
+        model.eval()
+        if stage == 1:
+            prompts, completions = rollouts.captions(np.repeat(codes[pick], G, axis=0), caption_params, generator)
+            _, _, pictures = rollouts.images(completions, GENERATE_DEFAULTS, generator)
+            caption_ids = completions
+        else:
+            _, caption_ids = rollouts.captions(codes[pick], greedy, generator)
+            caption_ids = [c for c in caption_ids for _ in range(G)]
+            prompts, completions, pictures = rollouts.images(caption_ids, image_params, generator)
+        rewards = torch.tensor([reward_fn(o, p, s) for o, p, s in zip(originals, pictures, scenes)])
+        advantages = group_advantages(rewards, G).to(device)
+        batch = rollout_batch(prompts, completions, stage_tokens(vocab, stage), vocab.pad).to(device)
+        with torch.no_grad():
+            old = token_logprobs(policy_logits(model, batch), batch.targets)[0]
+            ref = token_logprobs(policy_logits(reference, batch), batch.targets)[0] if reference is not None else None
+
+        model.train()
+        for _ in range(args.epochs):
+            loss, stats = grpo_loss(policy_logits(model, batch), batch.targets, batch.trained, advantages, old, ref,
+                                    args.clip_eps, args.kl_beta)
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+        done = step + 1
+        texts = [policy.decode_text(c) for c in caption_ids]
+        logs = {f"stage{stage}/reward": float(rewards.mean()), "stage": stage, "loss": loss.item(),
+                "kl": stats["kl"], "clip_fraction": stats["clip_fraction"], "entropy": stats["entropy"],
+                "caption_tokens": float(np.mean([len(vocab.to_text(c)) for c in caption_ids])),
+                "lr": scheduler.get_last_lr()[0]}
+        wandb_run.log(logs, step=done)
+        metrics.write(done, logs)
+        bar.set_postfix(stage=stage, reward=f"{rewards.mean():.3f}", kl=f"{stats['kl']:.4f}", clip=f"{stats['clip_fraction']:.2f}")
+        if done % args.sample_every == 0 or done == 1:
+            save_samples(run / "samples", done, originals[::G], pictures[::G], texts[::G], stage)
+        if done % args.checkpoint_every == 0 and done < args.steps:
+            save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"config": config})
+    else:
+        step = args.steps
+    bar.close()
+    metrics.close()
+
+    save_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, {"config": config})
+    kept = {k: v for k, v in meta.items() if k not in ("format_version", "vq", "text_tokenizer")}  # written anew
+    save_model_dir(out, model, kept | {"rl": config | {"steps_done": step}},
+                   model_dir / meta["vq"], model_dir / meta["text_tokenizer"])
+    rewards_by_stage = {}
+    for line in metrics.path.read_text().splitlines():
+        row = json.loads(line)
+        rewards_by_stage.setdefault(row["stage"], []).append(row[f"stage{row['stage']}/reward"])
+    trend = ", ".join(f"stage {s} reward {np.mean(r[: max(1, len(r) // 4)]):.3f} -> {np.mean(r[-max(1, len(r) // 4):]):.3f}"
+                      for s, r in sorted(rewards_by_stage.items()))
+    print(f"rl: {step} steps, {trend} (first -> last quarter), {(time.monotonic() - start_time) / 60:.1f} min -> {out}")
+    wandb_run.summary.update({"final_step": step})
+    wandb_run.finish()
+
+
+if __name__ == "__main__":
+    run_main(main)
