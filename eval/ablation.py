@@ -43,7 +43,7 @@ COLUMNS = {"text": "Text", "image_und": "Image-Und", "image_gen": "Image-Gen", "
 
 def run_logged(cmd: list[str], log: Path, threads: int) -> None:
     """Run a stage script with its output in `log`; a failure names the log to read."""
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
+    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         done = subprocess.run([sys.executable, *cmd], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)

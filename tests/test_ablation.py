@@ -1,4 +1,4 @@
-"""The ablation driver: its table on known numbers, and a small end-to-end run that resumes."""
+"""The ablation driver (its table on known numbers, a small end-to-end run that resumes) and eval/compare.py."""
 
 import json
 import shutil
@@ -38,3 +38,15 @@ def test_ablation_runs_end_to_end_and_skips_finished_runs(tiny_run, tmp_path):
     stamps = {p: p.stat().st_mtime for p in root.glob("*-seed*/eval/results.json")}
     run_script("eval/ablation.py", *args)  # everything is done: nothing is retrained or re-evaluated
     assert {p: p.stat().st_mtime for p in root.glob("*-seed*/eval/results.json")} == stamps
+
+
+def test_compare_tables_two_sets_of_results(tmp_path):
+    paths = []
+    for i, score in enumerate([0.2, 0.4, 0.5, 0.7]):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps({"results": {"reconstruction": {"overall": {"score": score, "n": 10}}}}))
+        paths.append(str(path))
+    result = run_script("eval/compare.py", "--before", *paths[:2], "--after", *paths[2:], "--metrics", "reconstruction.overall")
+    assert "| reconstruction.overall | 0.300 ± 0.141 | 0.600 ± 0.141 | +0.300 |" in result.stdout
+    missing = run_script("eval/compare.py", "--before", paths[0], "--after", paths[1], "--metrics", "text.qa", check=False)
+    assert missing.returncode == 2 and "no metric text.qa" in missing.stderr

@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     examples, skipped = load_split(args, "train")
     if not examples:
         raise UserError(f"{args.data}: the train split has no readable examples")
+    if len(examples) < args.images_per_step:
+        raise UserError(f"--images-per-step {args.images_per_step} is more than the {len(examples)} training images")
     if skipped:
         print(f"train: skipped {skipped} unreadable rows of {len(examples) + skipped}", file=sys.stderr)
     key = f"{args.data}|train|{args.num_train}|{args.image_size}|{args.seed}"

@@ -76,6 +76,7 @@ def cider(candidates: list[str], references: list[list[str]]) -> float:
 
     if len(candidates) != len(references):
         raise ValueError(f"{len(candidates)} candidates for {len(references)} reference lists")
+
     def tokens(text: str) -> str:
         return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 

@@ -93,10 +93,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def init_wandb(mode: str, run_dir: str | os.PathLike, project: str, config: dict[str, Any]):
-    """Start a wandb run that keeps its files in the run directory (offline unless asked)."""
+    """Start a wandb run that keeps its files in the run directory (offline unless asked).
+
+    A WANDB_MODE set in the environment wins over `mode` (wandb's own rule is the reverse): CI and
+    the tests disable wandb that way for every stage at once."""
     import wandb
 
-    return wandb.init(project=project, dir=str(run_dir), mode=mode, config=config, reinit="finish_previous")
+    return wandb.init(project=project, dir=str(run_dir), mode=os.environ.get("WANDB_MODE") or mode, config=config, reinit="finish_previous")
 
 
 class Deadline:

@@ -7,7 +7,7 @@
     t2i      bos <gen> caption boi codes eoi eos        (caption dropped with prob p, for CFG)
 
 Each row carries a loss mask: the model is trained on what the task asks it to produce (the whole
-passage, the caption, the answers, the image), not on the conditioning it is given.
+passage, the caption, the answer, the image), not on the conditioning it is given.
 """
 
 from __future__ import annotations
@@ -120,9 +120,8 @@ class RowSampler:
     """Draws training batches: a task per row by the mixture weights, then an example for it.
 
     A task the data cannot feed (no QA pairs in a bring-your-own data set: no vqa, no text_qa) gets
-    weight 0. The draw
-    depends only on the generator passed in, which the training loop seeds from (seed, step): the
-    data order of a resumed run is the uninterrupted run's.
+    weight 0. The draw depends only on the generator passed in, which the training loop seeds from
+    (seed, step): the data order of a resumed run is the uninterrupted run's.
     """
 
     def __init__(self, examples: list[TokenizedExample], vocab: Vocab, mix: dict[str, float], caption_dropout: float):
