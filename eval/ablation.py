@@ -58,8 +58,9 @@ def train_and_evaluate(root: Path, schedule: str, seed: int, args: argparse.Name
     if not (model / "ugen.json").is_file():
         cmd = ["train/pretrain.py", "--run-dir", str(run), "--vq", str(root / "vq"),
                "--text-tokenizer", str(root / "text" / "text.model"), "--preset", args.preset,
-               "--seed", str(seed), "--resume", *SCHEDULES[schedule]]
+               "--seed", str(seed), "--resume"]
         cmd += (["--steps", str(args.steps)] if args.steps else []) + shlex.split(args.pretrain_args)
+        cmd += SCHEDULES[schedule]  # last, so that --pretrain-args cannot blur the two arms
         run_logged(cmd, run / "train.log", threads)
     if not results.is_file() or results.stat().st_mtime < (model / "ugen.json").stat().st_mtime:
         cmd = ["eval/evaluate.py", "--model", str(model), "--seed", str(seed), *shlex.split(args.eval_args)]
