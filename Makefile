@@ -51,7 +51,7 @@ rl: | .venv/installed
 eval: | .venv/installed
 	$(PYTHON) eval/evaluate.py --model $(MODEL) --seed $(SEED) $(ARGS)
 
-# Six trainings and evaluations: about an hour for tiny on a 2-core CPU with JOBS=2 (two runs at
+# Six trainings and evaluations: 114 min for tiny on a 2-core CPU with JOBS=2 (two runs at
 # once, one thread each, is ~1.4x faster there than one at a time). A killed ablation resumes.
 ablation: | .venv/installed
 	$(PYTHON) eval/ablation.py --root $(ABLATION) --preset $(PRESET) --seeds $(SEEDS) --jobs $(JOBS) $(ARGS)

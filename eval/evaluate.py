@@ -13,8 +13,8 @@ Writes `results.json` (every score with its sample count), `report.md` and its p
                  renders of every prompt and stops the run if it scores below 0.99 on a task.
                  `single_object_exact`: images drawn for "a <color> <shape>" that parse to exactly
                  that one object.
-  understanding  captions of the test images: attribute precision / recall / F1 and count accuracy
-                 against the scene; BLEU-4 and CIDEr-D (x10 scale, not in [0, 1]) against the reference
+  understanding  captions of the test images: attribute precision / recall / F1, count accuracy
+                 and place (spatial layout) precision / recall / F1 against the scene; BLEU-4 and CIDEr-D (x10 scale, not in [0, 1]) against the reference
                  captions; `single_object` (the caption names exactly the right color and shape); VQA
                  exact match by question type; `perception`: the fine-grained subset (the small
                  object's color, whether a small object is present, the color at a place).
@@ -109,7 +109,7 @@ def understanding(model, examples, seed: int) -> tuple[dict, list[str]]:
         captions += model.caption([e.image for e in examples[start : start + 128]], seed=seed)
     attributes = [caption_attributes(c, e.scene) for c, e in zip(captions, examples)]
     results = {f"caption_{k}": {"score": mean(a[k] for a in attributes), "n": len(attributes)}
-               for k in ("precision", "recall", "f1", "count_correct")}
+               for k in ("precision", "recall", "f1", "count_correct", "place_precision", "place_recall", "place_f1")}
     # Corpus BLEU-4 (torchmetrics) and CIDEr-D (pycocoevalcap) against the reference captions: the
     # long dense caption and the short one.
     references = [[e.caption, *(p for p in e.prompts if p != e.caption)] for e in examples]

@@ -154,3 +154,12 @@ def test_caption_attributes():
 
     m = caption_attributes("a small red circle", single)  # right color and shape, wrong size
     assert (m["f1"], m["size_f1"]) == (1.0, 0.0)
+
+
+def test_caption_places_score_the_spatial_layout():
+    scene = Scene((obj("circle", "red", 0, "small"), obj("square", "blue", 4)))
+    assert caption_attributes(long_caption(scene), scene)["place_f1"] == 1.0
+    m = caption_attributes("a small red circle at the top and a large blue square in the center", scene)
+    assert (m["place_precision"], m["place_recall"]) == (0.5, 0.5)  # the circle is at the top left
+    assert caption_attributes("a red circle at the top left", scene)["place_precision"] == 1.0
+    assert caption_attributes(short_caption(scene), scene)["place_f1"] == 0.0  # no place said

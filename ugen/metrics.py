@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from ugen.sequences import IGNORE, collate, text_row
-from ugen.shapes import Scene, caption_objects, parse, scene_matches
+from ugen.shapes import COLORS, PLACE_PHRASES, SHAPES, Scene, caption_objects, parse, scene_matches
+
+# "<color> <shape> <place phrase>", the long captions' way of placing an object; the longer place
+# phrases come first so that "at the top left" is not read as "at the top".
+_PLACED = re.compile(
+    rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) "
+    rf"({'|'.join(sorted(PLACE_PHRASES.values(), key=len, reverse=True))})\b"
+)
+_PLACE_OF_PHRASE = {phrase: place for place, phrase in PLACE_PHRASES.items()}
 
 
 def caption_names_scene(caption: str, scene: Scene) -> bool:
@@ -51,7 +59,9 @@ def caption_attributes(caption: str, scene: Scene) -> dict:
     precision / recall / f1: on (color, shape); an extra mention lowers precision only, a missing
     object recall only, a wrong color both. size_precision / size_recall / size_f1: on (size,
     color, shape), only when the caption gives any size (a mention without one never matches
-    there), else None. count_correct: as many objects mentioned as the scene has.
+    there), else None. place_precision / place_recall / place_f1: on (color, shape, place) for
+    the objects the caption places ("a red circle at the top left"), the spatial layout.
+    count_correct: as many objects mentioned as the scene has.
     """
     mentions = caption_objects(caption)
     precision, recall, f1 = _prf(Counter((c, s) for _, c, s in mentions),
@@ -59,6 +69,9 @@ def caption_attributes(caption: str, scene: Scene) -> dict:
     out = {"precision": precision, "recall": recall, "f1": f1,
            "size_precision": None, "size_recall": None, "size_f1": None,
            "count_correct": len(mentions) == len(scene.objects)}
+    placed = Counter((c, s, _PLACE_OF_PHRASE[p]) for c, s, p in _PLACED.findall(caption.lower()))
+    out.update(zip(("place_precision", "place_recall", "place_f1"),
+                   _prf(placed, Counter((o.color, o.shape, o.position) for o in scene.objects))))
     if any(size is not None for size, _, _ in mentions):
         sized = _prf(Counter(mentions), Counter((o.size, o.color, o.shape) for o in scene.objects))
         out.update(zip(("size_precision", "size_recall", "size_f1"), sized))
