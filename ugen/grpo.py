@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ugen.sequences import IGNORE, Row, collate
+
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
     """(N,) rewards in consecutive groups of `group_size` -> (N,) advantages normalized within each
@@ -108,20 +110,14 @@ class RolloutBatch:
 
 
 def rollout_batch(prompts: list[list[int]], completions: list[list[int]], trainable, pad_id: int) -> RolloutBatch:
-    """Batch `prompts[i] + completions[i]`; a completion token is trained when `trainable(ids)`
-    (a (N,) bool mask of a 1-D id tensor) says so. Prompt tokens and padding never are."""
-    rows = [p + c for p, c in zip(prompts, completions)]
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    in_completion = torch.zeros((len(rows), length), dtype=torch.bool)
-    for b, (p, r) in enumerate(zip(prompts, rows)):
-        ids[b, : len(r)] = torch.tensor(r)
-        attention[b, : len(r)] = 1
-        in_completion[b, len(p) : len(r)] = True
-    targets = ids[:, 1:]
-    trained = in_completion[:, 1:] & trainable(targets)
-    return RolloutBatch(ids, attention, targets, trained)
+    """Batch `prompts[i] + completions[i]` (right-padded by `collate`, the completion as the row's
+    output); a completion token is trained when `trainable(ids)` (a bool mask of an id tensor)
+    says so. Prompt tokens and padding never are."""
+    rows = [Row(p + c, len(p) - 1, "rollout") for p, c in zip(prompts, completions)]
+    batch = collate(rows, pad_id, max_len=max(len(r.ids) for r in rows))
+    targets = batch["input_ids"][:, 1:]
+    trained = (batch["labels"][:, :-1] != IGNORE) & trainable(targets)  # labels[:, t] is the target at t + 1
+    return RolloutBatch(batch["input_ids"], batch["attention_mask"], targets, trained)
 
 
 def stage_tokens(vocab, stage: int):
