@@ -131,8 +131,7 @@ def tokenizer_metrics(tokenizer, examples, batch_size: int = 250) -> dict[str, f
     """How well the VQ tokenizer (`ugen.vq.ImageTokenizer`) reconstructs `examples`: PSNR, SSIM
     (torchmetrics), codebook usage and, on Shapes, the parser's reading of the reconstructions
     (objects found exactly, and images read exactly): the ceiling of every generated image."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
+    from ugen.rewards import ssim
     from ugen.vq import to_tensor, to_uint8
 
     images = np.stack([e.image for e in examples])  # (N, H, W, 3) uint8
@@ -143,11 +142,10 @@ def tokenizer_metrics(tokenizer, examples, batch_size: int = 250) -> dict[str, f
         recons.append(to_uint8(tokenizer.decode(batch_codes)))
     codes, recons = np.concatenate(codes), np.concatenate(recons)
     mse = ((recons.astype(np.float64) - images.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))  # (N,)
-    as_unit = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).double() / 255  # noqa: E731 - (N, 3, H, W), as in ugen.rewards.ssim
     used = len(np.unique(codes))
     metrics = {
         "psnr_db": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))),
-        "ssim": float(ssim(as_unit(recons), as_unit(images), data_range=1.0)),
+        "ssim": ssim(images, recons),
         "codebook_usage": used / tokenizer.num_codes,
         "codes_used": used,
     }

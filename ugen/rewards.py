@@ -19,9 +19,11 @@ from ugen.errors import UserError
 from ugen.shapes import Scene, parse
 
 
-def _unit(image: np.ndarray) -> torch.Tensor:
+def _unit(images: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) or (N, H, W, 3) uint8 -> (N, 3, H, W) float64 in [0, 1]."""
     # float64: SSIM of flat regions is a ratio of tiny variances, which float32 rounds visibly
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].double() / 255  # (1, 3, H, W)
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    return (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2).double() / 255
 
 
 def object_f1(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
@@ -35,7 +37,7 @@ def object_f1(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | N
 
 
 def ssim(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
-    """Structural similarity (torchmetrics), pixels in [0, 1]."""
+    """Structural similarity (torchmetrics), pixels in [0, 1]; for (N, H, W, 3) batches, the mean."""
     return float(structural_similarity_index_measure(_unit(reconstruction), _unit(original), data_range=1.0))
 
 
