@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ugen.data import add_data_args, load_split
+from ugen.data import add_data_args
 from ugen.errors import UserError
 from ugen.model import PRESETS, build_model, flops_per_token, masked_loss, num_params, save_model_dir
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything
@@ -34,11 +34,10 @@ from ugen.sequences import TASKS, TEXT_TASKS, RowSampler, apply_active_vocab, co
 from ugen.text_tokenizer import TextTokenizer
 from ugen.training import (
     MetricsLog,
-    cached_codes,
-    checkpoints,
-    load_checkpoint,
     make_optimizer,
+    resume,
     save_checkpoint,
+    split_codes,
     tokenize_examples,
     warmup_cosine,
 )
@@ -190,21 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     image_tokenizer = ImageTokenizer.load(args.vq or run / "vq", device=device)
     text = TextTokenizer(args.text_tokenizer or run / "text" / "text.model")
     vocab = Vocab(num_text=text.size, num_image=image_tokenizer.num_codes)
-    if args.image_size != image_tokenizer.config.image_size:
-        raise UserError(f"--image-size {args.image_size} differs from the VQ tokenizer's {image_tokenizer.config.image_size}")
     image_len = image_tokenizer.grid**2
     max_text = args.max_len - image_len - 8
     if max_text < 8:
         raise UserError(f"--max-len {args.max_len} leaves no room for text beside {image_len} image codes")
     splits = {}
     for split in ("train", "validation"):
-        examples, skipped = load_split(args, split)
-        if not examples:
-            raise UserError(f"{args.data}: the {split} split has no readable examples")
-        if skipped and dist.main:
-            print(f"{split}: skipped {skipped} unreadable rows of {len(examples) + skipped}", file=sys.stderr)
-        key = f"{args.data}|{split}|{args.num_train if split == 'train' else args.num_val}|{args.image_size}|{args.seed}"
-        codes = cached_codes(image_tokenizer, examples, run / "cache", key)
+        examples, codes = split_codes(args, split, image_tokenizer, run / "cache", log=dist.main)
         splits[split] = (tokenize_examples(examples, codes, text, max_text), codes)
     del image_tokenizer  # the transformer trains on codes only
     train_examples, train_codes = splits["train"]
@@ -226,16 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
     config = vars(args) | {"vocab": vocab.to_dict(), "world_size": dist.world}
 
-    start = 0
-    found = checkpoints(run / "checkpoints")
-    if args.resume and found:
-        state = load_checkpoint(found[-1][1], model, optimizer, scheduler)
+    state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler, log=dist.main)
+    start = state["step"] if state else 0
+    if state:
         schedule = VocabSchedule.from_dict(state["schedule"])
-        start = state["step"]
-        if dist.main:
-            print(f"resuming from {found[-1][1]} at step {start}", file=sys.stderr)
-    elif args.resume and dist.main:
-        print(f"--resume: no checkpoint in {run / 'checkpoints'}, starting fresh", file=sys.stderr)
 
     if dist.main:  # one JSON line per step: loss, lr, active ids, validation losses
         metrics = MetricsLog(run / "metrics.jsonl", start)

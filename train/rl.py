@@ -33,16 +33,15 @@ import torch
 from tqdm import tqdm
 
 
-from ugen.api import GENERATE_DEFAULTS, UGen, load
-from ugen.data import add_data_args, load_split
+from ugen.api import GENERATE_DEFAULTS, load
+from ugen.data import add_data_args
 from ugen.errors import UserError
 from ugen.grpo import group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
 from ugen.model import read_meta, save_model_dir
 from ugen.rewards import REWARDS, build_reward
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
 from ugen.sampling import SamplingParams
-from ugen.sequences import caption_prompt, t2i_prompt
-from ugen.training import MetricsLog, cached_codes, checkpoints, load_checkpoint, make_optimizer, save_checkpoint, warmup_cosine
+from ugen.training import MetricsLog, make_optimizer, resume, save_checkpoint, split_codes, warmup_cosine
 
 MAX_CAPTION_TOKENS = 48
 
@@ -92,29 +91,6 @@ def stage_of(step: int, stages: str) -> int:
     return {"1": 1, "2": 2}.get(stages) or 1 + step % 2
 
 
-class Rollouts:
-    """Sampling with the current policy: captions and images, as token ids and as pictures."""
-
-    def __init__(self, policy: UGen):
-        self.policy, self.vocab = policy, policy.vocab
-
-    def captions(self, codes: np.ndarray, params: SamplingParams, generator) -> tuple[list[list[int]], list[list[int]]]:
-        """Caption prompts and the sampled completions (text pieces, then <eos> unless cut)."""
-        prompts = [caption_prompt(self.vocab, c) for c in codes]
-        return prompts, self.policy.engine.generate(prompts, max_new_tokens=MAX_CAPTION_TOKENS, params=params, generator=generator)
-
-    def images(self, captions: list[list[int]], params: SamplingParams, generator) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
-        """Generation prompts for caption completions, the sampled code completions (codes, <eoi>)
-        and the decoded images. An empty caption is the unconditional prompt: it still draws."""
-        prompts = [t2i_prompt(self.vocab, self.vocab.to_text(c)) for c in captions]
-        uncond = [t2i_prompt(self.vocab, None)] * len(prompts)
-        image_len = self.policy.image_len
-        completions = self.policy.engine.generate(prompts, max_new_tokens=image_len + 1, params=params, uncond_prompts=uncond,
-                                                  stop_ids=(self.vocab.eoi,), generator=generator)
-        codes = np.array([self.vocab.to_codes(c)[:image_len] for c in completions], dtype=np.int64)
-        return prompts, completions, self.policy.decode_codes(codes)
-
-
 def save_samples(directory: Path, step: int, originals, reconstructions, captions: list[str], stage: int) -> None:
     """A two-row strip (originals over their reconstructions) and the captions, per saved step."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -143,30 +119,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.kl_beta > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
 
-    examples, skipped = load_split(args, "train")
-    if not examples:
-        raise UserError(f"{args.data}: the train split has no readable examples")
+    examples, codes = split_codes(args, "train", policy.image_tokenizer, run / "cache")
     if len(examples) < args.images_per_step:
         raise UserError(f"--images-per-step {args.images_per_step} is more than the {len(examples)} training images")
-    if skipped:
-        print(f"train: skipped {skipped} unreadable rows of {len(examples) + skipped}", file=sys.stderr)
-    key = f"{args.data}|train|{args.num_train}|{args.image_size}|{args.seed}"
-    codes = cached_codes(policy.image_tokenizer, examples, run / "cache", key)
 
     optimizer = make_optimizer(model, args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
     config = vars(args) | {"start_model": str(model_dir)}
-    start = 0
-    found = checkpoints(run / "checkpoints")
-    if args.resume and found:
-        start = load_checkpoint(found[-1][1], model, optimizer, scheduler)["step"]
-        print(f"resuming from {found[-1][1]} at step {start}", file=sys.stderr)
-    elif args.resume:
-        print(f"--resume: no checkpoint in {run / 'checkpoints'}, starting fresh", file=sys.stderr)
+    state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler)
+    start = state["step"] if state else 0
     metrics = MetricsLog(run / "metrics.jsonl", start)
     wandb_run = init_wandb(args.wandb, run, "ugen-rl", config)
 
-    rollouts = Rollouts(policy)
     G, B = args.group_size, args.images_per_step
     caption_params = SamplingParams(args.caption_temperature, 0, args.caption_top_p)
     image_params = SamplingParams(args.image_temperature, 0, 1.0, args.cfg)
@@ -187,14 +151,15 @@ def main(argv: list[str] | None = None) -> None:
         scenes = [examples[i].scene for i in pick for _ in range(G)]
 
         model.eval()
-        if stage == 1:
-            prompts, completions = rollouts.captions(np.repeat(codes[pick], G, axis=0), caption_params, generator)
-            _, _, pictures = rollouts.images(completions, GENERATE_DEFAULTS, generator)
+        if stage == 1:  # G sampled captions per image, each drawn back into an image
+            prompts, completions = policy.draw_captions(np.repeat(codes[pick], G, axis=0), caption_params, generator, MAX_CAPTION_TOKENS)
             caption_ids = completions
-        else:
-            _, caption_ids = rollouts.captions(codes[pick], greedy, generator)
+            drawn = policy.draw_codes([vocab.to_text(c) for c in caption_ids], GENERATE_DEFAULTS, generator)[2]
+        else:  # one greedy caption per image, G images sampled from it
+            _, caption_ids = policy.draw_captions(codes[pick], greedy, generator, MAX_CAPTION_TOKENS)
             caption_ids = [c for c in caption_ids for _ in range(G)]
-            prompts, completions, pictures = rollouts.images(caption_ids, image_params, generator)
+            prompts, completions, drawn = policy.draw_codes([vocab.to_text(c) for c in caption_ids], image_params, generator)
+        pictures = policy.decode_codes(drawn)
         rewards = torch.tensor([reward_fn(o, p, s) for o, p, s in zip(originals, pictures, scenes)])
         advantages = group_advantages(rewards, G).to(device)
         batch = rollout_batch(prompts, completions, stage_tokens(vocab, stage), vocab.pad).to(device)
@@ -214,7 +179,6 @@ def main(argv: list[str] | None = None) -> None:
         scheduler.step()
 
         done = step + 1
-        texts = [policy.decode_text(c) for c in caption_ids]
         logs = {f"stage{stage}/reward": float(rewards.mean()), "stage": stage, "loss": loss.item(),
                 "kl": stats["kl"], "clip_fraction": stats["clip_fraction"], "entropy": stats["entropy"],
                 "caption_tokens": float(np.mean([len(vocab.to_text(c)) for c in caption_ids])),
@@ -223,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics.write(done, logs)
         bar.set_postfix(stage=stage, reward=f"{rewards.mean():.3f}", kl=f"{stats['kl']:.4f}", clip=f"{stats['clip_fraction']:.2f}")
         if done % args.sample_every == 0 or done == 1:
-            save_samples(run / "samples", done, originals[::G], pictures[::G], texts[::G], stage)
+            save_samples(run / "samples", done, originals[::G], pictures[::G], [policy.decode_text(c) for c in caption_ids[::G]], stage)
         if done % args.checkpoint_every == 0 and done < args.steps:
             save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"config": config})
     else:

@@ -77,9 +77,11 @@ class UGen:
     def decode_text(self, ids: list[int]) -> str:
         return self.text.decode(self.vocab.to_text(ids)).strip()
 
-    def _run(self, prompts: list[list[int]], params: SamplingParams, seed: int, **kwargs) -> list[list[int]]:
-        """Generate in chunks of ROWS_PER_CALL, one seeded generator across them."""
-        generator = torch.Generator(self.device).manual_seed(seed)
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def _run(self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator, **kwargs) -> list[list[int]]:
+        """Generate in chunks of ROWS_PER_CALL, one generator across them."""
         out = []
         uncond = kwargs.pop("uncond_prompts", None)
         for start in range(0, len(prompts), ROWS_PER_CALL):
@@ -90,18 +92,37 @@ class UGen:
             )
         return out
 
+    # -- token level: prompts and sampled rows, what RL scores and trains on ----------------------
+    def draw_captions(self, codes: np.ndarray, params: SamplingParams, generator: torch.Generator,
+                      max_new_tokens: int = 64) -> tuple[list[list[int]], list[list[int]]]:
+        """Caption prompts for (N, grid*grid) image codes and the sampled rows (text pieces, then
+        <eos> unless cut)."""
+        prompts = [caption_prompt(self.vocab, c) for c in codes]
+        return prompts, self._run(prompts, params, generator, max_new_tokens=max_new_tokens)
+
+    def draw_codes(self, captions: Sequence[list[int]], params: SamplingParams,
+                   generator: torch.Generator) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
+        """Images for captions given as text-piece ids, with CFG (`params.cfg`; an empty caption is
+        the unconditional prompt): the generation prompts, the sampled rows (codes, then <eoi>) and
+        the (N, grid*grid) codes."""
+        prompts = [t2i_prompt(self.vocab, c) for c in captions]
+        uncond = [t2i_prompt(self.vocab, None)] * len(prompts)
+        rows = self._run(prompts, params, generator, uncond_prompts=uncond, max_new_tokens=self.image_len + 1,
+                         stop_ids=(self.vocab.eoi,))
+        return prompts, rows, np.array([self.vocab.to_codes(r)[: self.image_len] for r in rows], dtype=np.int64)
+
     # -- the four uses ------------------------------------------------------------------------
     def caption(self, images: Sequence[ImageLike], params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> list[str]:
         """One caption per image (greedy by default)."""
-        prompts = [caption_prompt(self.vocab, c) for c in self._codes(images)]
-        return [self.decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=max_new_tokens)]
+        _, rows = self.draw_captions(self._codes(images), params, self._generator(seed), max_new_tokens)
+        return [self.decode_text(ids) for ids in rows]
 
     def answer(self, images: Sequence[ImageLike], questions: Sequence[str], params: SamplingParams = GREEDY, seed: int = 0) -> list[str]:
         """Answer `questions[i]` about `images[i]`."""
         if len(images) != len(questions):
             raise ValueError("one question per image")
         prompts = [vqa_prompt(self.vocab, c, self._text_ids(q, "question")) for c, q in zip(self._codes(images), questions)]
-        return [self.decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
+        return [self.decode_text(ids) for ids in self._run(prompts, params, self._generator(seed), max_new_tokens=16)]
 
     def answer_text(self, passages: Sequence[str], questions: Sequence[str], params: SamplingParams = GREEDY, seed: int = 0) -> list[str]:
         """Answer `questions[i]` from the text `passages[i]` alone (no image)."""
@@ -109,7 +130,7 @@ class UGen:
             raise ValueError("one question per passage")
         prompts = [text_qa_prompt(self.vocab, self._text_ids(p, "passage"), self._text_ids(q, "question"))
                    for p, q in zip(passages, questions)]
-        return [self.decode_text(ids) for ids in self._run(prompts, params, seed, max_new_tokens=16)]
+        return [self.decode_text(ids) for ids in self._run(prompts, params, self._generator(seed), max_new_tokens=16)]
 
     def ask(self, image: ImageLike, question: str, params: SamplingParams = GREEDY, seed: int = 0) -> str:
         return self.answer([image], [question], params, seed)[0]
@@ -117,10 +138,7 @@ class UGen:
     def generate_codes(self, prompts: Sequence[str], num: int = 1, params: SamplingParams = GENERATE_DEFAULTS, seed: int = 0) -> np.ndarray:
         """(len(prompts) * num, grid*grid) codes, `num` consecutive rows per prompt."""
         ids = [self._text_ids(p, "prompt") for p in prompts for _ in range(num)]
-        cond = [t2i_prompt(self.vocab, p) for p in ids]
-        uncond = [t2i_prompt(self.vocab, None)] * len(cond)
-        rows = self._run(cond, params, seed, uncond_prompts=uncond, max_new_tokens=self.image_len + 1, stop_ids=(self.vocab.eoi,))
-        return np.array([self.vocab.to_codes(r)[: self.image_len] for r in rows], dtype=np.int64)
+        return self.draw_codes(ids, params, self._generator(seed))[2]
 
     def decode_codes(self, codes: np.ndarray) -> np.ndarray:
         """(N, grid*grid) codes -> (N, H, W, 3) uint8 images."""
@@ -137,7 +155,7 @@ class UGen:
     def complete(self, prompt: str, params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> str:
         """Continue a text prompt; returns the prompt and its continuation as one text."""
         ids = [self.vocab.bos, *self.vocab.from_text(self._text_ids(prompt, "prompt"))]
-        return self.decode_text(ids + self._run([ids], params, seed, max_new_tokens=max_new_tokens)[0])
+        return self.decode_text(ids + self._run([ids], params, self._generator(seed), max_new_tokens=max_new_tokens)[0])
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "auto") -> UGen:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import os
 import json
 import math
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ugen.data import Example
+from ugen.data import Example, load_split
 from ugen.errors import UserError
 from ugen.runtime import atomic_dir, rng_state, set_rng_state, write_json
 from ugen.sequences import TokenizedExample
@@ -46,6 +48,20 @@ def cached_codes(tokenizer, examples: list[Example], cache_dir: Path, key: str) 
     np.save(tmp, codes)
     tmp.replace(path)
     return codes
+
+
+def split_codes(args: argparse.Namespace, split: str, tokenizer, cache_dir: Path, log: bool = True) -> tuple[list[Example], np.ndarray]:
+    """The examples of a split (the `add_data_args` flags) and their cached VQ codes; skipped
+    unreadable rows are reported when `log` (the main process)."""
+    if args.image_size != tokenizer.config.image_size:
+        raise UserError(f"--image-size {args.image_size} differs from the VQ tokenizer's {tokenizer.config.image_size}")
+    examples, skipped = load_split(args, split)
+    if not examples:
+        raise UserError(f"{args.data}: the {split} split has no readable examples")
+    if skipped and log:
+        print(f"{split}: skipped {skipped} unreadable rows of {len(examples) + skipped}", file=sys.stderr)
+    key = f"{args.data}|{split}|{args.num_train if split == 'train' else args.num_val}|{args.image_size}|{args.seed}"
+    return examples, cached_codes(tokenizer, examples, cache_dir, key)
 
 
 def tokenize_examples(examples: list[Example], codes: np.ndarray, text: TextTokenizer, max_text: int) -> list[TokenizedExample]:
@@ -134,6 +150,22 @@ def checkpoints(directory: Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in Path(directory).iterdir() if (m := CHECKPOINT.match(p.name))]
     return sorted(found)
+
+
+def resume(directory: Path, wanted: bool, model: torch.nn.Module, optimizer, scheduler, log: bool = True) -> dict[str, Any] | None:
+    """With `wanted` (--resume), restore the newest checkpoint in `directory` and return its
+    state.json; None when not wanted or when there is none (a fresh start, said when `log`)."""
+    if not wanted:
+        return None
+    found = checkpoints(directory)
+    if not found:
+        if log:
+            print(f"--resume: no checkpoint in {directory}, starting fresh", file=sys.stderr)
+        return None
+    state = load_checkpoint(found[-1][1], model, optimizer, scheduler)
+    if log:
+        print(f"resuming from {found[-1][1]} at step {state['step']}", file=sys.stderr)
+    return state
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
