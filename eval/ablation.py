@@ -27,10 +27,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from ugen.errors import UserError
+from ugen.metrics import mean_std
 from ugen.model import PRESETS
 from ugen.runtime import run_main, write_json
 
@@ -70,8 +70,7 @@ def train_and_evaluate(root: Path, schedule: str, seed: int, args: argparse.Name
 
 def table(scores: dict[str, list[dict[str, float]]]) -> tuple[str, dict]:
     """Markdown table and its numbers: mean ± std per schedule and the relative improvement."""
-    stats = {s: {c: (float(np.mean([r[c] for r in runs])), float(np.std([r[c] for r in runs], ddof=1)) if len(runs) > 1 else 0.0)
-                 for c in COLUMNS} for s, runs in scores.items()}
+    stats = {s: {c: mean_std(r[c] for r in runs) for c in COLUMNS} for s, runs in scores.items()}
     gain = {c: 100 * (stats["progressive"][c][0] - stats["vanilla"][c][0]) / stats["vanilla"][c][0]
             if stats["vanilla"][c][0] else float("nan") for c in COLUMNS}
     lines = ["| schedule | " + " | ".join(COLUMNS.values()) + " |", "| --- |" + " --- |" * len(COLUMNS)]

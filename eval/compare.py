@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ugen.errors import UserError
+from ugen.metrics import mean_std
 from ugen.runtime import run_main
 
 DEFAULT_METRICS = [
@@ -40,9 +41,8 @@ def scores(paths: list[str], metric: str) -> list[float]:
     return out
 
 
-def mean_std(values: list[float]) -> str:
-    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.3f} ± {std:.3f}"
+def cell(values: list[float]) -> str:
+    return "{:.3f} ± {:.3f}".format(*mean_std(values))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| metric | before ({len(args.before)}) | after ({len(args.after)}) | change |")
     print("| --- | --- | --- | --- |")
     for metric, before, after in rows:
-        print(f"| {metric} | {mean_std(before)} | {mean_std(after)} | {np.mean(after) - np.mean(before):+.3f} |")
+        print(f"| {metric} | {cell(before)} | {cell(after)} | {np.mean(after) - np.mean(before):+.3f} |")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,12 @@ def mean(flags) -> float:
     return float(np.mean(flags)) if flags else float("nan")
 
 
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value), as seed tables report them."""
+    values = list(values)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _prf(mentioned: Counter, actual: Counter) -> tuple[float, float, float]:
     """Precision, recall and F1 of two multisets (precision 0 when nothing is mentioned)."""
     hits = sum((mentioned & actual).values())
