@@ -5,18 +5,26 @@ import json
 import ugen
 from conftest import TINY_DATA, run_script
 
-SMALL = ["--images-per-step", "2", "--group-size", "2", *TINY_DATA, "--wandb", "disabled"]
+SMALL = ["--images-per-step", "2", "--group-size", "2", "--probe-images", "2", *TINY_DATA, "--wandb", "disabled"]
+
+
+def metrics_rows(run_dir):
+    """(training rows, held-out probe rows) of an RL run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "stage" in r], [r for r in rows if "stage" not in r]
 
 
 def test_two_step_rl_run_alternates_stages_and_writes_a_model(tiny_model_dir, tmp_path):
     out = tmp_path / "model-rl"
     result = run_script("train/rl.py", "--model", str(tiny_model_dir), "--out", str(out), "--steps", "2",
                         "--sample-every", "1", *SMALL)
-    assert "stage 1 reward" in result.stdout and "stage 2 reward" in result.stdout
-    rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert all(f"{what}stage{s} reward" in result.stdout for what in ("", "held-out ") for s in (1, 2))
+    rows, probes = metrics_rows(tmp_path / "rl")
     assert [r["stage"] for r in rows] == [1, 2]
     assert 0.0 <= rows[0]["stage1/reward"] <= 1.0 and 0.0 <= rows[1]["stage2/reward"] <= 1.0
-    assert all(k in rows[0] for k in ("kl", "clip_fraction", "entropy", "caption_tokens"))
+    assert all(k in rows[0] for k in ("kl", "clip_fraction", "entropy", "caption_tokens", "flat_groups"))
+    assert [r["step"] for r in probes] == [0, 2]  # before training and at its end
+    assert all(0.0 <= r[f"probe/stage{s}_reward"] <= 1.0 for r in probes for s in (1, 2))
     assert (tmp_path / "rl" / "samples" / "step-00002.png").is_file()
     model = ugen.load(out, "cpu")  # a complete model directory that serves like the one it started from
     assert model.meta["rl"]["steps"] == 2 and model.meta["vocab"] == ugen.load(tiny_model_dir, "cpu").meta["vocab"]
@@ -29,8 +37,9 @@ def test_rl_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
     run_script("train/rl.py", *args, "--steps", "1")
     resumed = run_script("train/rl.py", *args, "--steps", "2", "--resume")
     assert "resuming from" in resumed.stderr and "at step 1" in resumed.stderr
-    rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    rows, probes = metrics_rows(tmp_path / "rl")
+    assert [r["step"] for r in rows] == [1, 2] and [r["step"] for r in probes] == [0, 1, 2]
+    assert all(list(r) == ["step", "probe/stage2_reward"] for r in probes)  # --stages 2 probes stage 2 only
 
 
 def test_bad_rl_arguments_are_one_line_errors(tiny_model_dir, tmp_path):

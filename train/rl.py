@@ -13,8 +13,9 @@ reward of both is how well the image comes back, `reward(original, reconstructio
 `--stages 1`, `2` or `alternate` (1, 2, 1, ...). The loss (`ugen.grpo.grpo_loss`) normalizes
 advantages within each group, clips the importance ratio, adds a k3 KL to the frozen starting model
 (`--kl-beta`, 0 turns it off) and makes `--epochs` optimizer passes over each batch of rollouts.
-Per-step reward per stage, KL, clip fraction, entropy and caption length go to RUN/metrics.jsonl,
-wandb and the progress bar; samples (originals, reconstructions, captions) to RUN/samples every
+Per-step reward per stage, KL, clip fraction, entropy, caption length and the share of groups whose
+rewards are all equal (no signal) go to RUN/metrics.jsonl, wandb and the progress bar, and every
+`--probe-every` steps the reward on fixed held-out images; samples (originals, reconstructions, captions) to RUN/samples every
 `--sample-every` steps; checkpoints to RUN/checkpoints (`--resume` continues from the newest).
 """
 
@@ -25,6 +26,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 
-from ugen.api import GENERATE_DEFAULTS, load
+from ugen.api import GENERATE_DEFAULTS, GREEDY, load
 from ugen.data import add_data_args
 from ugen.errors import UserError
 from ugen.grpo import group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
@@ -74,14 +76,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rl.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
 
     log = parser.add_argument_group("logging and checkpoints")
+    log.add_argument("--probe-every", type=int, default=40, help="steps between held-out reward probes (0: none)")
+    log.add_argument("--probe-images", type=int, default=32, help="validation images of the held-out probe")
     log.add_argument("--sample-every", type=int, default=20, help="steps between saved samples")
     log.add_argument("--checkpoint-every", type=int, default=40, help="steps between checkpoints")
     log.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN/checkpoints")
     add_common_args(parser)
     args = parser.parse_args(argv)
-    for name in ("steps", "images_per_step", "group_size", "epochs"):
+    for name in ("steps", "images_per_step", "group_size", "epochs", "probe_images"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
+    if args.probe_every < 0:
+        raise UserError(f"--probe-every must be >= 0, not {args.probe_every}")
     if args.group_size < 2:
         raise UserError("--group-size must be >= 2: GRPO's advantages compare samples within a group")
     return args
@@ -89,6 +95,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def stage_of(step: int, stages: str) -> int:
     return {"1": 1, "2": 2}.get(stages) or 1 + step % 2
+
+
+@dataclass
+class RolloutParams:
+    caption: SamplingParams  # stage 1's sampled captions
+    image: SamplingParams  # stage 2's sampled images
+
+
+def rollout(policy, stage: int, codes: np.ndarray, group_size: int, params: RolloutParams, generator: torch.Generator):
+    """G rollouts for each of N images (their codes), in groups of G: the prompts, the sampled
+    completions GRPO trains, the caption of each rollout (text-piece ids) and its reconstruction
+    as (N * G, H, W, 3) pixels. Nothing here keeps a gradient."""
+    vocab = policy.vocab
+    if stage == 1:  # G sampled captions per image, each drawn back into an image
+        prompts, completions = policy.draw_captions(np.repeat(codes, group_size, axis=0), params.caption, generator, MAX_CAPTION_TOKENS)
+        captions = completions
+        drawn = policy.draw_codes([vocab.to_text(c) for c in captions], GENERATE_DEFAULTS, generator)[2]
+    else:  # one greedy caption per image, G images sampled from it
+        _, captions = policy.draw_captions(codes, GREEDY, generator, MAX_CAPTION_TOKENS)
+        captions = [c for c in captions for _ in range(group_size)]
+        prompts, completions, drawn = policy.draw_codes([vocab.to_text(c) for c in captions], params.image, generator)
+    return prompts, completions, captions, policy.decode_codes(drawn)
+
+
+def probe(policy, stages, examples, codes: np.ndarray, params: RolloutParams, reward_fn, seed: int) -> dict[str, float]:
+    """Mean reward of each stage's rollouts (one per image) on fixed held-out images with fixed
+    random draws. The training reward is read on new images every step, so its trend is buried in
+    their spread; this one compares like with like."""
+    logs = {}
+    for stage in stages:
+        generator = torch.Generator(policy.device).manual_seed(seed)
+        pictures = rollout(policy, stage, codes, 1, params, generator)[3]
+        logs[f"probe/stage{stage}_reward"] = float(np.mean([reward_fn(e.image, p, e.scene) for e, p in zip(examples, pictures)]))
+    return logs
+
+
+def reward_trend(metrics_path: Path) -> str:
+    """Each stage's training reward, first -> last quarter of its steps, and the held-out probe's
+    reward, first -> last probe."""
+    series: dict[str, list[float]] = {}
+    for line in metrics_path.read_text().splitlines():
+        for key, value in json.loads(line).items():
+            if key.endswith("reward"):
+                series.setdefault(key, []).append(value)
+    parts = []
+    for key, values in sorted(series.items()):
+        if key.startswith("probe/"):
+            parts.append(f"held-out {key[6:].replace('_', ' ')} {values[0]:.3f} -> {values[-1]:.3f}")
+        else:
+            quarter = max(1, len(values) // 4)
+            parts.append(f"{key.replace('/', ' ')} {np.mean(values[:quarter]):.3f} -> {np.mean(values[-quarter:]):.3f} (first -> last quarter)")
+    return ", ".join(parts)
 
 
 def save_samples(directory: Path, step: int, originals, reconstructions, captions: list[str], stage: int) -> None:
@@ -132,11 +190,23 @@ def main(argv: list[str] | None = None) -> None:
     wandb_run = init_wandb(args.wandb, run, "ugen-rl", config)
 
     G, B = args.group_size, args.images_per_step
-    caption_params = SamplingParams(args.caption_temperature, 0, args.caption_top_p)
-    image_params = SamplingParams(args.image_temperature, 0, 1.0, args.cfg)
-    greedy = SamplingParams(temperature=0.0)
+    params = RolloutParams(SamplingParams(args.caption_temperature, 0, args.caption_top_p),
+                           SamplingParams(args.image_temperature, 0, 1.0, args.cfg))
+    stages = (1, 2) if args.stages == "alternate" else (int(args.stages),)
+    probe_examples, probe_codes = split_codes(args, "validation", policy.image_tokenizer, run / "cache")
+    probe_examples, probe_codes = probe_examples[: args.probe_images], probe_codes[: args.probe_images]
+
+    def run_probe(done: int) -> None:
+        model.eval()
+        logs = probe(policy, stages, probe_examples, probe_codes, params, reward_fn, args.seed)
+        wandb_run.log(logs, step=done)
+        metrics.write(done, logs)
+        tqdm.write(f"step {done} held-out probe: " + ", ".join(f"{k} {v:.3f}" for k, v in logs.items()), file=sys.stderr)
+
     print(f"rl: stages {args.stages}, {B} images x {G} per step, reward {args.reward}, KL beta {args.kl_beta}", file=sys.stderr)
 
+    if start == 0 and args.probe_every:
+        run_probe(0)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="rl")
     step = start
     for step in bar:
@@ -151,15 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         scenes = [examples[i].scene for i in pick for _ in range(G)]
 
         model.eval()
-        if stage == 1:  # G sampled captions per image, each drawn back into an image
-            prompts, completions = policy.draw_captions(np.repeat(codes[pick], G, axis=0), caption_params, generator, MAX_CAPTION_TOKENS)
-            caption_ids = completions
-            drawn = policy.draw_codes([vocab.to_text(c) for c in caption_ids], GENERATE_DEFAULTS, generator)[2]
-        else:  # one greedy caption per image, G images sampled from it
-            _, caption_ids = policy.draw_captions(codes[pick], greedy, generator, MAX_CAPTION_TOKENS)
-            caption_ids = [c for c in caption_ids for _ in range(G)]
-            prompts, completions, drawn = policy.draw_codes([vocab.to_text(c) for c in caption_ids], image_params, generator)
-        pictures = policy.decode_codes(drawn)
+        prompts, completions, caption_ids, pictures = rollout(policy, stage, codes[pick], G, params, generator)
         rewards = torch.tensor([reward_fn(o, p, s) for o, p, s in zip(originals, pictures, scenes)])
         advantages = group_advantages(rewards, G).to(device)
         batch = rollout_batch(prompts, completions, stage_tokens(vocab, stage), vocab.pad).to(device)
@@ -181,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         done = step + 1
         logs = {f"stage{stage}/reward": float(rewards.mean()), "stage": stage, "loss": loss.item(),
                 "kl": stats["kl"], "clip_fraction": stats["clip_fraction"], "entropy": stats["entropy"],
+                "flat_groups": float((rewards.view(-1, G).std(dim=1) == 0).float().mean()),
                 "caption_tokens": float(np.mean([len(vocab.to_text(c)) for c in caption_ids])),
                 "lr": scheduler.get_last_lr()[0]}
         wandb_run.log(logs, step=done)
@@ -188,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         bar.set_postfix(stage=stage, reward=f"{rewards.mean():.3f}", kl=f"{stats['kl']:.4f}", clip=f"{stats['clip_fraction']:.2f}")
         if done % args.sample_every == 0 or done == 1:
             save_samples(run / "samples", done, originals[::G], pictures[::G], [policy.decode_text(c) for c in caption_ids[::G]], stage)
+        if args.probe_every and (done % args.probe_every == 0 or done == args.steps):
+            run_probe(done)
         if done % args.checkpoint_every == 0 and done < args.steps:
             save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"config": config})
     else:
@@ -199,13 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     kept = {k: v for k, v in meta.items() if k not in ("format_version", "vq", "text_tokenizer")}  # written anew
     save_model_dir(out, model, kept | {"rl": config | {"steps_done": step}},
                    model_dir / meta["vq"], model_dir / meta["text_tokenizer"])
-    rewards_by_stage = {}
-    for line in metrics.path.read_text().splitlines():
-        row = json.loads(line)
-        rewards_by_stage.setdefault(row["stage"], []).append(row[f"stage{row['stage']}/reward"])
-    trend = ", ".join(f"stage {s} reward {np.mean(r[: max(1, len(r) // 4)]):.3f} -> {np.mean(r[-max(1, len(r) // 4):]):.3f}"
-                      for s, r in sorted(rewards_by_stage.items()))
-    print(f"rl: {step} steps, {trend} (first -> last quarter), {(time.monotonic() - start_time) / 60:.1f} min -> {out}")
+    print(f"rl: {step} steps, {reward_trend(metrics.path)}, {(time.monotonic() - start_time) / 60:.1f} min -> {out}")
     wandb_run.summary.update({"final_step": step})
     wandb_run.finish()
 
