@@ -100,3 +100,14 @@ def test_each_stage_sends_gradient_only_through_its_own_tokens(stage):
     assert batch.trained.any() and not (batch.trained & ~own).any()
     other = vocab.is_image(batch.targets) if stage == 1 else vocab.is_text(batch.targets)
     assert not has_grad[other].any()  # stage 1: no image position; stage 2: no caption position
+
+
+def test_policy_logits_score_the_tempered_policy_the_rollouts_were_drawn_from():
+    vocab = Vocab(num_text=30, num_image=16)
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab, 96, torch.device("cpu")).eval()
+    batch = rollout_batch([t2i_prompt(vocab, [3, 4])], [[*vocab.from_codes(np.arange(9) % 16), vocab.eoi]], vocab.is_image, vocab.pad)
+    with torch.no_grad():
+        plain = policy_logits(model, batch)
+        torch.testing.assert_close(policy_logits(model, batch, temperature=0.5), plain * 2)
+        torch.testing.assert_close(policy_logits(model, batch, temperature=0.0), plain)  # greedy: scored at 1

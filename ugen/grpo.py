@@ -64,10 +64,10 @@ def grpo_loss(
       batch, not per sequence and then over sequences, so a long caption is not down-weighted
       per token (as in DAPO). Stage 2's image rollouts all have the same length, so there the two
       agree.
-    - `logits` are the model's plain softmax at temperature 1, while rollouts may be drawn with a
-      temperature, top-p and (images) CFG: the ratio is that of the policy the model defines, not
-      of the sampling distribution. `old_logprobs` are recomputed the same way before the first
-      pass, so the first pass starts at ratio 1 exactly.
+    - `logits` are the tempered policy (`policy_logits(..., temperature)`), but rollouts may also be
+      drawn with top-p and (images) CFG, which the ratio ignores: it is that of the conditional
+      policy, not of the exact sampling distribution. `old_logprobs` are recomputed the same way
+      before the first pass, so the first pass starts at ratio 1 exactly.
 
     Returns (loss, {"kl", "clip_fraction", "entropy", "ratio"}), means over the trained tokens.
     """
@@ -130,6 +130,9 @@ def stage_tokens(vocab, stage: int):
     raise ValueError(f"stage must be 1 or 2, not {stage}")
 
 
-def policy_logits(model, batch: RolloutBatch) -> torch.Tensor:
-    """(B, L - 1, V) logits predicting `batch.targets`."""
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+def policy_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+    """(B, L - 1, V) logits predicting `batch.targets`, divided by the sampling temperature: the
+    policy GRPO scores is the tempered distribution the rollouts were drawn from (greedy, 0, is
+    scored at 1)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    return logits / temperature if temperature > 0 else logits
