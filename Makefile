@@ -4,9 +4,12 @@ MODEL ?= $(RUN)/model
 PRESET ?= tiny
 SEED ?= 0
 WANDB ?= offline
-# Safety net for the 15-minute budget of `make pretrain` on a 2-core CPU: training stops cleanly
-# (checkpoint + model) if a slow machine has not finished its steps by then. 0 turns it off.
-MAX_MINUTES ?= 13
+# Safety net for the 15-minute budget of `make pretrain` on a 2-core CPU: counted from when make
+# starts (the tokenizers' time included), pretraining stops cleanly (checkpoint + model) if a slow
+# machine has not finished its steps by then, leaving a minute for the final validation and save.
+# `make rl` gets the same budget. 0 turns it off.
+MAX_MINUTES ?= 14
+STARTED := $(shell date +%s)
 PYTHON := .venv/bin/python
 PIP := .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1
@@ -41,7 +44,7 @@ text-tokenizer: $(RUN)/text/text.model
 # The main job: Shapes, the tiny preset, the progressive schedule; writes $(RUN)/model.
 pretrain: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
 	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) --seed $(SEED) --wandb $(WANDB) \
-		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES)) $(ARGS)
+		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES) --started-at $(STARTED)) $(ARGS)
 
 # Unified-GRPO from MODEL into $(RUN)/model-rl (checkpoints, metrics, samples in $(RUN)/rl).
 rl: | .venv/installed

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY_DATA, run_script
+from ugen.model import read_meta
 
 
 def losses(run):
@@ -68,9 +69,20 @@ def test_pretrain_on_an_imagefolder(tiny_run, tmp_path):
     assert (tmp_path / "run" / "model" / "ugen.json").is_file()
 
 
+def test_max_minutes_counts_from_started_at_and_still_writes_a_model(tiny_run, tmp_path):
+    """`make pretrain` passes its own start, so time the tokenizers took counts against the budget."""
+    result = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--vq", str(tiny_run / "vq"),
+                        "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--steps", "50", "--text-only-steps", "3",
+                        "--batch-size", "8", *TINY_DATA, "--wandb", "disabled", "--max-minutes", "1", "--started-at", str(time.time() - 61))
+    assert "--max-minutes reached at step 0" in result.stderr
+    assert read_meta(tmp_path / "model")["step"] == 0
+
+
 def test_bad_arguments_exit_2_with_one_line(tmp_path):
     result = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--wandb", "disabled", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     bad_mix = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--mix", "poetry=1", check=False)
     assert bad_mix.returncode == 2 and "--mix" in bad_mix.stderr
+    short = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--steps", "50", check=False)  # 60 text-only steps
+    assert short.returncode == 2 and "--text-only-steps 60" in short.stderr and "Traceback" not in short.stderr

@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     run = init_wandb(args.wandb, out, "ugen-vq", {**vars(args), "vq_config": config.__dict__})
     generator = torch.Generator().manual_seed(args.seed)
-    deadline = Deadline(args.max_minutes)
+    deadline = Deadline(args.max_minutes, args.started_at)
     lr_factor = warmup_cosine(args.warmup, args.steps, min_ratio=0.1)  # a short run ends on a low rate
 
     start = time.monotonic()

@@ -181,8 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     device = dist.device
     if args.batch_size % dist.world:
         raise UserError(f"--batch-size {args.batch_size} must divide by the {dist.world} processes")
+    if not 0 <= args.text_only_steps < args.steps:
+        raise UserError(f"--text-only-steps {args.text_only_steps} must be at least 0 and fewer than --steps {args.steps}")
     seed_everything(args.seed)
-    deadline = Deadline(args.max_minutes)
+    deadline = Deadline(args.max_minutes, args.started_at)
     start_time = time.monotonic()
 
     # -- tokenizers, data, codes ------------------------------------------------------------

@@ -160,7 +160,7 @@ def save_samples(directory: Path, step: int, originals, reconstructions, caption
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start_time = time.monotonic()
-    deadline = Deadline(args.max_minutes)
+    deadline = Deadline(args.max_minutes, args.started_at)
     model_dir = Path(args.model)
     out = Path(args.out or model_dir.with_name(model_dir.name + "-rl"))
     run = Path(args.run_dir or out.parent / "rl")

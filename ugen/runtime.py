@@ -28,6 +28,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                        help="wandb mode (offline by default: logs stay in the run directory)")
     group.add_argument("--max-minutes", type=float, default=None,
                        help="stop cleanly (checkpoint and final save) after this much wall time")
+    group.add_argument("--started-at", type=float, default=None,
+                       help="Unix time --max-minutes counts from (default: this script's start); `make "
+                            "pretrain` passes its own, so that its budget covers the tokenizers too")
 
 
 def seed_everything(seed: int) -> None:
@@ -103,13 +106,15 @@ def init_wandb(mode: str, run_dir: str | os.PathLike, project: str, config: dict
 
 
 class Deadline:
-    """The `--max-minutes` guard: a loop asks `expired()` and stops cleanly."""
+    """The `--max-minutes` guard: a loop asks `expired()` and stops cleanly. Wall-clock time, not
+    monotonic, because `started_at` may be another process's start."""
 
-    def __init__(self, minutes: float | None):
-        self.end = None if minutes is None else time.monotonic() + 60 * minutes
+    def __init__(self, minutes: float | None, started_at: float | None = None):
+        start = time.time() if started_at is None else started_at
+        self.end = None if minutes is None else start + 60 * minutes
 
     def expired(self) -> bool:
-        return self.end is not None and time.monotonic() > self.end
+        return self.end is not None and time.time() > self.end
 
 
 def run_main(main: Callable[[], Any]) -> None:
