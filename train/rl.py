@@ -143,7 +143,7 @@ def reward_trend(metrics_path: Path) -> str:
     parts = []
     for key, values in sorted(series.items()):
         if key.startswith("probe/"):
-            parts.append(f"held-out {key[6:]} {values[0]:.3f} -> {values[-1]:.3f}")
+            parts.append(f"held-out {key.removeprefix('probe/')} {values[0]:.3f} -> {values[-1]:.3f}")
         else:
             quarter = max(1, len(values) // 4)
             parts.append(f"{key.replace('/', ' ')} {np.mean(values[:quarter]):.3f} -> {np.mean(values[-quarter:]):.3f} (first -> last quarter)")
