@@ -1,5 +1,13 @@
 # The commands a user types. Each installs what it needs first (`make install`, once).
-RUN ?= runs/default
+# DATA: `shapes` (the embedded world) or your own image-caption data (a local imagefolder with
+# metadata.jsonl, parquet, json/jsonl with image paths, or a hub name), with its column names and the
+# resolution to train at (default: 48 for Shapes, 256 otherwise). Each data set gets its own RUN.
+DATA ?= shapes
+IMAGE_COLUMN ?= image
+TEXT_COLUMN ?= text
+IMAGE_SIZE ?=
+RUN ?= $(if $(filter shapes,$(DATA)),runs/default,runs/$(notdir $(abspath $(DATA))))
+DATA_ARGS := --data $(DATA) --image-column $(IMAGE_COLUMN) --text-column $(TEXT_COLUMN) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
 MODEL ?= $(RUN)/model
 PRESET ?= tiny
 SEED ?= 0
@@ -33,17 +41,18 @@ ABLATION ?= runs/ablation-$(PRESET)
 install: .venv/installed
 
 $(RUN)/vq/vq.safetensors: | .venv/installed
-	$(PYTHON) tokenizers/train_vq.py --out $(RUN)/vq --seed $(SEED) --wandb $(WANDB)
+	$(PYTHON) tokenizers/train_vq.py --out $(RUN)/vq --seed $(SEED) --wandb $(WANDB) $(DATA_ARGS) $(VQ_ARGS)
 
 $(RUN)/text/text.model: | .venv/installed
-	$(PYTHON) tokenizers/train_text.py --out $(RUN)/text --seed $(SEED)
+	$(PYTHON) tokenizers/train_text.py --out $(RUN)/text --seed $(SEED) $(DATA_ARGS)
 
 vq: $(RUN)/vq/vq.safetensors
 text-tokenizer: $(RUN)/text/text.model
 
-# The main job: Shapes, the tiny preset, the progressive schedule; writes $(RUN)/model.
+# The main job: Shapes, the tiny preset, the progressive schedule; writes $(RUN)/model. VQ_ARGS go to
+# the image tokenizer's training (e.g. "--downsample 16 --steps 3000"), ARGS to pretraining.
 pretrain: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
-	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) --seed $(SEED) --wandb $(WANDB) \
+	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) --seed $(SEED) --wandb $(WANDB) $(DATA_ARGS) \
 		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES) --started-at $(STARTED)) $(ARGS)
 
 # Unified-GRPO from MODEL into $(RUN)/model-rl (checkpoints, metrics, samples in $(RUN)/rl).

@@ -1,6 +1,12 @@
-"""Evaluate a model directory on the Shapes test split.
+"""Evaluate a model directory on the test split of its data (Shapes by default).
 
     python eval/evaluate.py --model runs/default/model [--seed 0]
+    python eval/evaluate.py --model runs/mine/model [--reward-model PATH]     # a model of your own data
+
+On data other than Shapes there are no scenes to judge by, so only what applies runs (captions:
+BLEU-4 and CIDEr-D against the row's captions; reconstruction: SSIM, VQ feature cosine and, with
+--reward-model, a local vision model's feature cosine; text bits per byte of the captions; the
+tokenizer), and one line says what is skipped.
 
 Writes `results.json` (every score with its sample count), `report.md` and its pictures into an
 `eval/` folder beside the model directory, and prints a summary table. Categories:
@@ -57,11 +63,16 @@ from ugen.metrics import (
     mean,
     tokenizer_metrics,
 )
+from ugen.data import add_source_args, data_of_model, load_examples
+from ugen.errors import UserError
+from ugen.model import read_meta
 from ugen.runtime import pick_device, run_main, write_json
 from ugen.sampling import SamplingParams
 from ugen.shapes import COLORS, SHAPES, Scene, ShapeObject, make_examples, parse
 
 PROMPTS = Path(__file__).with_name("prompts") / "geneval.json"
+SHAPES_ONLY_PARTS = ("GenEval generation and its judge, caption attributes, VQA and perception, text QA, "
+                     "reconstruction object F1 and the summary row")
 PERCEPTION_TYPES = ("small_color", "small_present", "color_at")  # in the spirit of MMT-Bench
 JUDGE_MINIMUM = 0.99
 GRID_IMAGES = 16  # samples shown per generation task in the report
@@ -103,18 +114,22 @@ def generation(model, prompts, images_per_prompt: int, params: SamplingParams, s
     return scores, samples
 
 
-def understanding(model, examples, seed: int) -> tuple[dict, list[str]]:
+def understanding(model, examples, seed: int, shapes: bool) -> tuple[dict, list[str]]:
+    """Captions of the test images against their references (BLEU-4, CIDEr-D), and on Shapes the
+    attributes, counts and places they name, VQA and perception."""
     captions = []
     for start in tqdm(range(0, len(examples), 128), desc="captions", leave=False):
         captions += model.caption([e.image for e in examples[start : start + 128]], seed=seed)
-    attributes = [caption_attributes(c, e.scene) for c, e in zip(captions, examples)]
-    results = {f"caption_{k}": {"score": mean(a[k] for a in attributes), "n": len(attributes)}
-               for k in ("precision", "recall", "f1", "count_correct", "place_precision", "place_recall", "place_f1")}
-    # Corpus BLEU-4 (torchmetrics) and CIDEr-D (pycocoevalcap) against the reference captions: the
-    # long dense caption and the short one.
+    # Corpus BLEU-4 (torchmetrics) and CIDEr-D (pycocoevalcap) against the reference captions (Shapes:
+    # the long dense caption and the short one; other data: every caption of the row).
     references = [[e.caption, *(p for p in e.prompts if p != e.caption)] for e in examples]
-    results["caption_bleu4"] = {"score": float(bleu_score(captions, references)), "n": len(examples)}
-    results["caption_cider"] = {"score": cider(captions, references), "n": len(examples)}
+    results = {"caption_bleu4": {"score": float(bleu_score(captions, references)), "n": len(examples)},
+               "caption_cider": {"score": cider(captions, references), "n": len(examples)}}
+    if not shapes:
+        return results, captions
+    attributes = [caption_attributes(c, e.scene) for c, e in zip(captions, examples)]
+    results |= {f"caption_{k}": {"score": mean(a[k] for a in attributes), "n": len(attributes)}
+                for k in ("precision", "recall", "f1", "count_correct", "place_precision", "place_recall", "place_f1")}
     singles = [(c, e) for c, e in zip(captions, examples) if len(e.scene.objects) == 1]
     results["caption_single_object"] = {"score": mean(caption_names_scene(c, e.scene) for c, e in singles), "n": len(singles)}
 
@@ -140,9 +155,12 @@ def accuracy_rows(name: str, by_type: dict[str, list[bool]]) -> dict[str, dict]:
     return rows | {f"{name}_{kind}": {"score": mean(flags), "n": len(flags)} for kind, flags in by_type.items()}
 
 
-def text(model, examples, seed: int) -> dict:
-    """Bits per byte of the held-out passages, and questions answered from the passage alone."""
+def text(model, examples, seed: int, shapes: bool) -> dict:
+    """Bits per byte of the held-out passages (other data: the captions), and on Shapes the
+    questions answered from the passage alone."""
     rows = {"bits_per_byte": {"score": bits_per_byte(model, [e.passage for e in examples]), "n": len(examples)}}
+    if not shapes:
+        return rows
     by_type = question_answering(model.answer_text, [(e.passage, q, a, kind) for e in examples for q, a, kind in e.qa], seed)
     return rows | accuracy_rows("qa", by_type)
 
@@ -162,10 +180,20 @@ def summary(results: dict) -> dict:
     return rows
 
 
-def reconstruction(model, examples, captions: list[str], params: SamplingParams, seed: int) -> dict:
+def similarities(model, shapes: bool, reward_model: str | None) -> dict:
+    """How a reconstruction is compared with its original: SSIM and the VQ encoder's feature
+    cosine always, the parser's object F1 on Shapes, a local vision model's feature cosine when given."""
+    chosen = {"object_f1": rewards.object_f1} if shapes else {}
+    chosen |= {"ssim": rewards.ssim, "vq_feature_cosine": rewards.VQFeatureCosine(model.image_tokenizer)}
+    if reward_model is not None:
+        chosen["hf_feature_cosine"] = rewards.HFVisionCosine(reward_model, model.device)
+    return chosen
+
+
+def reconstruction(model, examples, captions: list[str], params: SamplingParams, seed: int, scores: dict) -> dict:
     """Image -> the model's caption -> the model's image, scored against the original (UAE's
-    Unified-Bench idea) by several similarities; `overall` is their mean. An empty caption cannot
-    condition generation: its reconstruction is a blank image, scored as such."""
+    Unified-Bench idea) by each of `scores` (`similarities`); `overall` is their mean. An empty
+    caption cannot condition generation: its reconstruction is a blank image, scored as such."""
     usable = [i for i, c in enumerate(captions) if c.strip()]
     blank = np.full_like(examples[0].image, 245)
     recon = [blank] * len(examples)
@@ -173,10 +201,8 @@ def reconstruction(model, examples, captions: list[str], params: SamplingParams,
         drawn = model.decode_codes(model.generate_codes([captions[i] for i in usable], 1, params, seed))
         for i, image in zip(usable, drawn):
             recon[i] = image
-    similarities = {"object_f1": rewards.object_f1, "ssim": rewards.ssim,
-                    "vq_feature_cosine": rewards.VQFeatureCosine(model.image_tokenizer)}
     rows = {name: {"score": mean(fn(e.image, r, e.scene) for e, r in zip(examples, recon)), "n": len(examples)}
-            for name, fn in similarities.items()}
+            for name, fn in scores.items()}
     rows["overall"] = {"score": mean(r["score"] for r in rows.values()), "n": len(examples)}
     return rows
 
@@ -184,7 +210,7 @@ def reconstruction(model, examples, captions: list[str], params: SamplingParams,
 def tokenizer(model, examples) -> dict:
     metrics = tokenizer_metrics(model.image_tokenizer, examples)
     names = {"psnr_db": "psnr_db", "ssim": "ssim", "codebook_usage": "codebook_usage", "parser_image_exact": "parser_on_reconstructions"}
-    return {row: {"score": metrics[key], "n": len(examples)} for key, row in names.items()}
+    return {row: {"score": metrics[key], "n": len(examples)} for key, row in names.items() if key in metrics}  # parser: Shapes only
 
 
 def write_report(out: Path, results: dict, samples: dict, captions: list, upscale: int = 3) -> None:
@@ -202,6 +228,9 @@ def write_report(out: Path, results: dict, samples: dict, captions: list, upscal
                   f"![{task}](samples-{task}.png)", ""]
     lines += ["## Captions", "", "| model | reference |", "| --- | --- |"]
     lines += [f"| {c} | {r} |" for c, r in captions] + [""]
+    if "generation" not in results["results"]:  # GenEval is Shapes-only
+        (out / "report.md").write_text("\n".join(lines))
+        return
 
     gen = results["results"]["generation"]
     tasks = list(geneval.TASKS) + ["overall"]
@@ -228,10 +257,13 @@ def default_out(model: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/default/model", help="model directory")
-    parser.add_argument("--num-test", type=int, default=500, help="test scenes (fixed: the world's seed 0)")
+    add_source_args(parser, from_model=True)
+    parser.add_argument("--num-test", type=int, default=500, help="test images (Shapes: scenes of the world's seed 0)")
     # Every test scene by default: what RL changes in reconstruction (a few hundredths) differs in
     # sign between sets of 128-200 images, so a smaller set says more about its images than the model.
     parser.add_argument("--num-reconstruct", type=int, default=500, help="test images for the reconstruction score (at most --num-test)")
+    parser.add_argument("--reward-model", default=None,
+                        help="local Hugging Face vision model (CLIP, DINOv2, ...): reconstruction is also scored by its feature cosine")
     parser.add_argument("--prompts-per-task", type=int, default=None, help="first N prompts of each generation task (default: all)")
     parser.add_argument("--images-per-prompt", type=int, default=4, help="images drawn per generation prompt")
     parser.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="guidance scale for generation")
@@ -245,22 +277,40 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.monotonic()
     torch.manual_seed(args.seed)
-    prompts = {task: specs[: args.prompts_per_task] for task, specs in geneval.load_prompts(PROMPTS).items()}
-    sanity = judge_sanity(prompts)
+    data_of_model(args, read_meta(args.model))
+    shapes = args.data == "shapes"
     model = ugen.load(args.model, pick_device(args.device))
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.cfg)
-    examples = make_examples("test", args.num_test, seed=0)
+    if shapes:
+        examples = make_examples("test", args.num_test, seed=0, image_size=model.image_size)
+    else:
+        examples, skipped = load_examples(args.data, "test", image_column=args.image_column, text_column=args.text_column,
+                                          image_size=model.image_size, num=args.num_test)
+        if not examples:
+            raise UserError(f"{args.data}: the test split has no readable examples")
+        print(f"evaluate: {args.data} has no Shapes scenes: skipping {SHAPES_ONLY_PARTS}"
+              + (f"; skipped {skipped} unreadable test rows" if skipped else ""), file=sys.stderr)
 
-    gen, samples = generation(model, prompts, args.images_per_prompt, params, args.seed)
-    und, captions = understanding(model, examples, args.seed)
-    rec = reconstruction(model, examples[: args.num_reconstruct], captions[: args.num_reconstruct], params, args.seed)
-    results = {
-        "model": str(args.model), "seed": args.seed,
-        "sampling": {"cfg": params.cfg, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
-        "results": {"judge_sanity": sanity, "generation": gen, "understanding": und, "reconstruction": rec,
-                    "text": text(model, examples, args.seed), "tokenizer": tokenizer(model, examples)},
-    }
-    results["results"] = {"summary": summary(results["results"]), **results["results"]}
+    results = {}
+    if shapes:
+        prompts = {task: specs[: args.prompts_per_task] for task, specs in geneval.load_prompts(PROMPTS).items()}
+        results["judge_sanity"] = judge_sanity(prompts)
+        results["generation"], samples = generation(model, prompts, args.images_per_prompt, params, args.seed)
+    results["understanding"], captions = understanding(model, examples, args.seed, shapes)
+    scores = similarities(model, shapes, args.reward_model)
+    results["reconstruction"] = reconstruction(model, examples[: args.num_reconstruct], captions[: args.num_reconstruct],
+                                               params, args.seed, scores)
+    results["text"] = text(model, examples, args.seed, shapes)
+    results["tokenizer"] = tokenizer(model, examples)
+    if shapes:
+        results = {"summary": summary(results), **results}
+    else:  # the report shows images drawn from the first test captions
+        shown = examples[:GRID_IMAGES]
+        samples = {"test_captions": (model.decode_codes(model.generate_codes([e.caption for e in shown], 1, params, args.seed)),
+                                     [e.caption for e in shown])}
+    results = {"model": str(args.model), "data": args.data, "seed": args.seed,
+               "sampling": {"cfg": params.cfg, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
+               "results": results}
     out = Path(args.out or default_out(Path(args.model)))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)

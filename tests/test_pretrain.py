@@ -66,7 +66,27 @@ def test_pretrain_on_an_imagefolder(tiny_run, tmp_path):
                         "--text-tokenizer", str(tmp_path / "text" / "text.model"), "--steps", "4", "--batch-size", "4",
                         "--text-only-steps", "1", "--eval-every", "2", "--wandb", "disabled", *data)
     assert "skipped 1 unreadable rows" in result.stderr or "skipped 1 unreadable rows" in result.stdout
-    assert (tmp_path / "run" / "model" / "ugen.json").is_file()
+    model = tmp_path / "run" / "model"
+    assert (model / "ugen.json").is_file()
+
+    # The eval and RL read the model's own data and run what applies to data without scenes.
+    evaluated = run_script("eval/evaluate.py", "--model", str(model), "--num-test", "10", "--out", str(tmp_path / "eval"))
+    assert "has no Shapes scenes: skipping GenEval" in evaluated.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["data"] == str(folder)
+    assert set(results["results"]) == {"understanding", "reconstruction", "text", "tokenizer"}
+    assert set(results["results"]["understanding"]) == {"caption_bleu4", "caption_cider"}
+    assert set(results["results"]["reconstruction"]) == {"ssim", "vq_feature_cosine", "overall"}
+    assert "samples-test_captions.png" in (tmp_path / "eval" / "report.md").read_text()
+
+    rl = ["train/rl.py", "--model", str(model), "--out", str(tmp_path / "model-rl"), "--steps", "1",
+          "--images-per-step", "2", "--group-size", "2", "--probe-images", "2", "--wandb", "disabled"]
+    shapes_reward = run_script(*rl, "--reward", "object_f1", check=False)
+    assert shapes_reward.returncode == 2 and "scores Shapes scenes, and this data has none" in shapes_reward.stderr
+    assert "Traceback" not in shapes_reward.stderr
+    refined = run_script(*rl)
+    assert "stage1 reward" in refined.stdout and (tmp_path / "model-rl" / "ugen.json").is_file()
+    assert json.loads((tmp_path / "model-rl" / "ugen.json").read_text())["rl"]["reward"] == "ssim=0.5,vq_cosine=0.5"
 
 
 def test_max_minutes_counts_from_started_at_and_still_writes_a_model(tiny_run, tmp_path):
@@ -86,3 +106,56 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path):
     assert bad_mix.returncode == 2 and "--mix" in bad_mix.stderr
     short = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--steps", "50", check=False)  # 60 text-only steps
     assert short.returncode == 2 and "--text-only-steps 60" in short.stderr and "Traceback" not in short.stderr
+
+
+def _pretrain(tiny_run, run_dir, *extra, check=True):
+    return run_script("train/pretrain.py", "--run-dir", str(run_dir), "--vq", str(tiny_run / "vq"),
+                      "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--steps", "4", "--batch-size", "4",
+                      "--warmup", "1", "--text-only-steps", "1", "--checkpoint-every", "2", "--eval-every", "100",
+                      *TINY_DATA, "--wandb", "disabled", *extra, check=check)
+
+
+def test_runs_cannot_mix(tiny_run, tmp_path):
+    """A new run refuses an old run's directory; --resume refuses another run's checkpoint."""
+    _pretrain(tiny_run, tmp_path)
+    first = losses(tmp_path)
+    again = _pretrain(tiny_run, tmp_path, check=False)
+    assert again.returncode == 2 and "holds checkpoints of an earlier run" in again.stderr
+    assert "--resume" in again.stderr and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert losses(tmp_path) == first  # nothing of the old run was touched
+
+    for flags, named in [(["--steps", "6"], "steps 4 -> 6"), (["--vocab-order", "random"], "vocab_order"),
+                         (["--preset", "small"], "preset 'tiny' -> 'small'")]:
+        other = _pretrain(tiny_run, tmp_path, "--resume", *flags, check=False)
+        assert other.returncode == 2 and named in other.stderr and "Traceback" not in other.stderr, other.stderr
+        assert len(other.stderr.strip().splitlines()) == 1
+    both = _pretrain(tiny_run, tmp_path, "--resume", "--overwrite", check=False)
+    assert both.returncode == 2 and "give one" in both.stderr
+
+    # Flags that only steer this process may change: a resume with another --eval-every is accepted.
+    resumed = _pretrain(tiny_run, tmp_path, "--resume", "--eval-every", "50")
+    assert "resuming from" in resumed.stderr and losses(tmp_path) == first
+
+    fresh = _pretrain(tiny_run, tmp_path, "--overwrite", "--seed", "1")
+    assert "resuming" not in fresh.stderr and sorted(losses(tmp_path)) == [1, 2, 3, 4]
+    assert losses(tmp_path) != first  # a new run (another seed), not the old one continued
+
+
+def test_resume_drops_a_torn_last_metrics_line(tiny_run, tmp_path):
+    """A kill in the middle of a write leaves half a JSON line: resume drops it and redoes its step."""
+    _pretrain(tiny_run, tmp_path, "--steps", "4")
+    full = losses(tmp_path)
+    checkpoints = sorted((tmp_path / "checkpoints").iterdir())
+    import shutil
+
+    shutil.rmtree(checkpoints[-1])  # as if killed after step 3's line, before the final checkpoint
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2])
+    resumed = _pretrain(tiny_run, tmp_path, "--resume")
+    assert "dropped a torn last line" in resumed.stderr
+    assert losses(tmp_path) == full  # steps 3 and 4 redone from the step-2 checkpoint, exactly as before
+
+    (tmp_path / "metrics.jsonl").write_text("not json\n" + (tmp_path / "metrics.jsonl").read_text())
+    shutil.rmtree(sorted((tmp_path / "checkpoints").iterdir())[-1])
+    broken = _pretrain(tiny_run, tmp_path, "--resume", check=False)
+    assert broken.returncode == 2 and "line 1 is not JSON" in broken.stderr

@@ -19,28 +19,41 @@ QUANTIZERS = {
 }
 
 
-def _tokenizer(name: str, image_size: int = 48) -> ImageTokenizer:
+def _tokenizer(name: str, image_size: int = 48, downsample: int = 8) -> ImageTokenizer:
     """A tiny tokenizer after one training-mode pass (VQ initialises its codebook by k-means there)."""
     torch.manual_seed(0)
-    model = ImageTokenizer(VQConfig(image_size=image_size, channels=[8, 8, 16], **QUANTIZERS[name]))
+    channels = [8, 8, 16, 16][: {8: 3, 16: 4}[downsample]]
+    model = ImageTokenizer(VQConfig(image_size=image_size, downsample=downsample, channels=channels, **QUANTIZERS[name]))
     model.train()
     model(torch.rand(16, 3, image_size, image_size) * 2 - 1)
     return model.eval()
 
 
 @pytest.mark.parametrize("name", QUANTIZERS)
-@pytest.mark.parametrize("image_size", [48, 32])
-def test_decode_of_encode_is_the_reconstruction(name, image_size):
-    model = _tokenizer(name, image_size)
+@pytest.mark.parametrize("image_size, downsample", [(48, 8), (32, 8), (64, 16)])
+def test_decode_of_encode_is_the_reconstruction(name, image_size, downsample):
+    model = _tokenizer(name, image_size, downsample)
     images = torch.rand(5, 3, image_size, image_size) * 2 - 1
     recon, codes, aux_loss = model(images)
-    grid = image_size // 8
+    grid = image_size // downsample
     assert model.grid == grid and codes.shape == (5, grid * grid) and codes.dtype == torch.long
     assert codes.min() >= 0 and codes.max() < model.num_codes
     assert torch.equal(model.encode(images), codes)
     assert torch.allclose(model.decode(codes), recon, atol=1e-6)
     assert recon.shape == images.shape and recon.abs().max() <= 1
     assert aux_loss.ndim == 0
+
+
+def test_downsampling_factor_sets_the_grid_and_the_widths():
+    shapes = ImageTokenizer(VQConfig())  # the Shapes default: 48 px, factor 8
+    assert shapes.grid == 6 and shapes.config.channels == [16, 32, 64]
+    llamagen = ImageTokenizer(VQConfig(image_size=256, downsample=16))  # LlamaGen's 16x16 codes of a 256 px image
+    assert llamagen.grid == 16 and llamagen.config.channels == [16, 32, 64, 128]
+    strides = [m.stride[0] for m in llamagen.encoder.modules() if isinstance(m, torch.nn.Conv2d) and m.stride[0] > 1]
+    assert 2 * 2 ** len(strides) == 16  # space-to-depth by 2, then one stride-2 stage per further factor of 2
+    with torch.no_grad():
+        latent = llamagen.encoder(torch.zeros(1, 3, 256, 256))
+    assert latent.shape[-2:] == (16, 16)
 
 
 def test_num_codes():
@@ -58,6 +71,10 @@ def test_save_load_round_trip(name, tmp_path):
     codes = model.encode(images)
     assert torch.equal(loaded.encode(images), codes)
     assert torch.equal(loaded.decode(codes), model.decode(codes))
+    config = json.loads((tmp_path / "vq" / "vq.json").read_text())
+    del config["downsample"]  # a tokenizer saved before the factor was a setting: it was 8
+    (tmp_path / "vq" / "vq.json").write_text(json.dumps(config))
+    assert torch.equal(ImageTokenizer.load(tmp_path / "vq").encode(images), codes)
 
 
 def test_encode_does_not_train_the_codebook():
@@ -75,6 +92,12 @@ def test_load_missing_files_is_a_user_error(tmp_path):
 def test_bad_config_is_a_user_error():
     with pytest.raises(UserError, match="multiple of 8"):
         VQConfig(image_size=50)
+    with pytest.raises(UserError, match="multiple of 16"):
+        VQConfig(image_size=72, downsample=16)
+    with pytest.raises(UserError, match="downsample must be one of"):
+        VQConfig(downsample=12)
+    with pytest.raises(UserError, match="4 positive widths"):
+        VQConfig(image_size=64, downsample=16, channels=[16, 32, 64])
     with pytest.raises(UserError, match="quantizer"):
         VQConfig(quantizer="rvq")
 

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ugen.data import add_data_args, load_split
+from ugen.data import add_data_args, default_image_size, load_split
 from ugen.errors import UserError
 from ugen.metrics import tokenizer_metrics
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
 from ugen.training import warmup_cosine
-from ugen.vq import QUANTIZERS, ImageTokenizer, VQConfig
+from ugen.vq import DOWNSAMPLES, QUANTIZERS, ImageTokenizer, VQConfig
 
+MAX_DEFAULT_GRID = 16  # codes per side that --downsample's default aims at (LlamaGen: 16x16 at 256 px)
 BACKGROUND_TOLERANCE = 0.08  # in [-1, 1] units (~10 of 255): JPEG noise is background, any object is not
 
 
@@ -46,8 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "codebook with EMA, k-means init, cosine codes and dead-code restarts")
     group.add_argument("--levels", default="8,5,5,5", help="FSQ levels per latent dim; codes = their product")
     group.add_argument("--codebook-size", type=int, default=1024, help="VQ codebook size")
-    group.add_argument("--channels", default="16,32,64",
-                       help="widths at 1/2, 1/4 and 1/8 resolution (the decoder mirrors them)")
+    group.add_argument("--downsample", type=int, choices=DOWNSAMPLES, default=None,
+                       help="image pixels per code along a side (default: the smallest factor that keeps the "
+                            "code grid at most 16x16, LlamaGen's 256 codes: 8 for Shapes' 48 px, 16 for 256 px)")
+    group.add_argument("--channels", default=None,
+                       help="comma-separated widths at 1/2, 1/4, ... 1/downsample resolution, the decoder "
+                            "mirrors them (default: 16, doubling per stage: 16,32,64 for factor 8)")
     group.add_argument("--res-blocks", type=int, default=1, help="residual blocks at the code resolution")
 
     # training
@@ -71,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if args.object_weight < 1:
         raise UserError("--object-weight must be >= 1 (1 means every pixel weighs the same)")
+    if args.image_size is None:
+        args.image_size = default_image_size(args.data)
+    if args.downsample is None:
+        args.downsample = next((f for f in DOWNSAMPLES if f >= 8 and args.image_size // f <= MAX_DEFAULT_GRID), DOWNSAMPLES[-1])
     return args
 
 
@@ -104,7 +113,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     began = time.monotonic()
     seed_everything(args.seed)
     device = pick_device(args.device)
-    config = VQConfig(image_size=args.image_size, channels=_int_list(args.channels, "--channels"),
+    config = VQConfig(image_size=args.image_size, downsample=args.downsample,
+                      channels=None if args.channels is None else _int_list(args.channels, "--channels"),
                       res_blocks=args.res_blocks, quantizer=args.quantizer,
                       levels=_int_list(args.levels, "--levels"), codebook_size=args.codebook_size)
     print(f"vq config: {config}")

@@ -29,11 +29,13 @@ from ugen.data import add_data_args
 from ugen.errors import UserError
 from ugen.model import PRESETS, build_model, flops_per_token, masked_loss, num_params, save_model_dir
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything
-from ugen.schedule import VocabSchedule, build_schedule
+from ugen.schedule import build_schedule
 from ugen.sequences import TASKS, TEXT_TASKS, RowSampler, apply_active_vocab, collate
 from ugen.text_tokenizer import TextTokenizer
 from ugen.training import (
     MetricsLog,
+    add_run_dir_args,
+    claim_run_dir,
     make_optimizer,
     resume,
     save_checkpoint,
@@ -45,6 +47,7 @@ from ugen.vocab import Vocab
 from ugen.vq import ImageTokenizer
 
 VAL_ROWS_PER_TASK = 64
+TEXT_ROOM = 92  # tokens of a row beside the image codes by default: Shapes' long captions fit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=list(PRESETS), default="tiny", help="transformer size")
-    model.add_argument("--max-len", type=int, default=128, help="longest row in tokens (texts are clipped to fit)")
+    model.add_argument("--max-len", type=int, default=None,
+                       help=f"longest row in tokens, texts clipped to fit (default: the image's codes + {TEXT_ROOM}, "
+                            "128 for Shapes' 6x6 codes)")
 
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=1200, help="optimizer steps")
@@ -90,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     log = parser.add_argument_group("logging and checkpoints")
     log.add_argument("--eval-every", type=int, default=200, help="steps between per-task validation losses")
     log.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    log.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN/checkpoints")
+    add_run_dir_args(log)
     add_common_args(parser)
     args = parser.parse_args(argv)
     args.mix = parse_mix(args.mix)
@@ -183,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--batch-size {args.batch_size} must divide by the {dist.world} processes")
     if not 0 <= args.text_only_steps < args.steps:
         raise UserError(f"--text-only-steps {args.text_only_steps} must be at least 0 and fewer than --steps {args.steps}")
+    claim_run_dir(run / "checkpoints", args.resume, args.overwrite, remove=dist.main)
+    dist.barrier()  # no process reads the run directory while rank 0 may still be clearing it
     seed_everything(args.seed)
     deadline = Deadline(args.max_minutes, args.started_at)
     start_time = time.monotonic()
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     text = TextTokenizer(args.text_tokenizer or run / "text" / "text.model")
     vocab = Vocab(num_text=text.size, num_image=image_tokenizer.num_codes)
     image_len = image_tokenizer.grid**2
+    args.max_len = args.max_len or image_len + TEXT_ROOM
     max_text = args.max_len - image_len - 8
     if max_text < 8:
         raise UserError(f"--max-len {args.max_len} leaves no room for text beside {image_len} image codes")
@@ -219,10 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
     config = vars(args) | {"vocab": vocab.to_dict(), "world_size": dist.world}
 
-    state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler, log=dist.main)
-    start = state["step"] if state else 0
-    if state:
-        schedule = VocabSchedule.from_dict(state["schedule"])
+    state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler,
+                   {"config": config, "schedule": schedule.to_dict()}, log=dist.main)
+    start = state["step"] if state else 0  # the schedule is a function of the step: resume checked it is the same
 
     if dist.main:  # one JSON line per step: loss, lr, active ids, validation losses
         metrics = MetricsLog(run / "metrics.jsonl", start)

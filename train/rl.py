@@ -36,14 +36,23 @@ from tqdm import tqdm
 
 
 from ugen.api import GENERATE_DEFAULTS, GREEDY, load
-from ugen.data import add_data_args
+from ugen.data import add_data_args, data_of_model
 from ugen.errors import UserError
 from ugen.grpo import group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
 from ugen.model import read_meta, save_model_dir
-from ugen.rewards import REWARDS, build_reward
+from ugen.rewards import DEFAULT_REWARD, REWARDS, build_reward
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
 from ugen.sampling import SamplingParams
-from ugen.training import MetricsLog, make_optimizer, resume, save_checkpoint, split_codes, warmup_cosine
+from ugen.training import (
+    MetricsLog,
+    add_run_dir_args,
+    claim_run_dir,
+    make_optimizer,
+    resume,
+    save_checkpoint,
+    split_codes,
+    warmup_cosine,
+)
 
 MAX_CAPTION_TOKENS = 48
 
@@ -53,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="runs/default/model", help="model directory to start from")
     parser.add_argument("--out", default=None, help="model directory to write (default: MODEL-rl beside MODEL)")
     parser.add_argument("--run-dir", default=None, help="checkpoints, metrics and samples (default: OUT's parent/rl)")
-    add_data_args(parser)
+    add_data_args(parser, from_model=True)
 
     rl = parser.add_argument_group("Unified-GRPO")
     rl.add_argument("--stages", choices=["1", "2", "alternate"], default="alternate",
@@ -61,8 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rl.add_argument("--steps", type=int, default=120, help="RL steps (each: rollouts, rewards, --epochs updates)")
     rl.add_argument("--images-per-step", type=int, default=8, help="images (groups) per step")
     rl.add_argument("--group-size", type=int, default=4, help="G: captions (stage 1) or images (stage 2) per image")
-    rl.add_argument("--reward", default="object_f1",
-                    help=f"reward, a weighted sum of {', '.join(REWARDS)}, e.g. object_f1=0.7,ssim=0.3")
+    rl.add_argument("--reward", default=None,
+                    help=f"reward, a weighted sum of {', '.join(REWARDS)}, e.g. object_f1=0.7,ssim=0.3 (default: "
+                         f"{DEFAULT_REWARD[True]} on Shapes, {DEFAULT_REWARD[False]} on other data)")
     rl.add_argument("--reward-model", default=None, help="local Hugging Face vision model for hf_cosine (CLIP, DINOv2, ...)")
     rl.add_argument("--caption-temperature", type=float, default=1.0, help="stage 1 caption sampling")
     rl.add_argument("--caption-top-p", type=float, default=0.95, help="stage 1 caption sampling")
@@ -82,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     log.add_argument("--probe-images", type=int, default=128, help="validation images of the held-out probe")
     log.add_argument("--sample-every", type=int, default=20, help="steps between saved samples")
     log.add_argument("--checkpoint-every", type=int, default=40, help="steps between checkpoints")
-    log.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN/checkpoints")
+    add_run_dir_args(log)
     add_common_args(parser)
     args = parser.parse_args(argv)
     for name in ("steps", "images_per_step", "group_size", "epochs", "probe_images"):
@@ -168,12 +178,15 @@ def main(argv: list[str] | None = None) -> None:
     run = Path(args.run_dir or out.parent / "rl")
     if out.resolve() == model_dir.resolve():
         raise UserError("--out must differ from --model: the starting model is the KL reference and stays as it is")
+    claim_run_dir(run / "checkpoints", args.resume, args.overwrite)
     seed_everything(args.seed)
     device = pick_device(args.device)
-    policy = load(model_dir, device)
     meta = read_meta(model_dir)
+    data_of_model(args, meta)
+    args.reward = args.reward or DEFAULT_REWARD[args.data == "shapes"]
+    policy = load(model_dir, device)
     model, vocab = policy.model, policy.vocab
-    reward_fn = build_reward(args.reward, policy.image_tokenizer, args.reward_model, device)
+    reward_fn = build_reward(args.reward, policy.image_tokenizer, args.reward_model, device, scenes=args.data == "shapes")
     reference = None
     if args.kl_beta > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -185,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = make_optimizer(model, args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
     config = vars(args) | {"start_model": str(model_dir)}
-    state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler)
+    # The learning rate is constant after warmup, whatever --steps is: a resumed run may be extended.
+    state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler, {"config": config},
+                   may_change=frozenset({"steps"}))
     start = state["step"] if state else 0
     metrics = MetricsLog(run / "metrics.jsonl", start)
     wandb_run = init_wandb(args.wandb, run, "ugen-rl", config)

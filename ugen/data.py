@@ -48,26 +48,62 @@ _CARVE_PERCENT = {"test": 5, "validation": 5}  # the rest stays in train
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """Flags that pick the data set, so that every stage script reads data the same way."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", default="shapes",
-                       help="'shapes' (generated in-process), a datasets hub name, or a local path: an "
-                            "imagefolder directory with metadata.jsonl, a parquet file or directory, or a "
-                            "json/jsonl file whose image column holds paths relative to it")
-    group.add_argument("--image-column", default="image", help="column that holds the images")
-    group.add_argument("--text-column", default="text", help="column that holds the captions")
+def add_data_args(parser: argparse.ArgumentParser, from_model: bool = False) -> None:
+    """Flags that pick the data set, so that every stage script reads data the same way.
+
+    `from_model`: the script reads a trained model, whose training data (`data_of_model`) is the
+    default of --data and the column names."""
+    group = add_source_args(parser, from_model)
     group.add_argument("--num-train", type=int, default=None,
                        help="training examples (default: 20000 for shapes, every row for other data)")
     group.add_argument("--num-val", type=int, default=500, help="validation examples (at most)")
-    group.add_argument("--image-size", type=int, default=48, help="images are centre-cropped and resized to this")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="images are centre-cropped and resized to this (default: the VQ tokenizer's; when "
+                            "training the tokenizer, 48 for shapes and 256 for other data)")
+
+
+def add_source_args(parser: argparse.ArgumentParser, from_model: bool = False) -> argparse._ArgumentGroup:
+    """--data and its column names (the eval takes these alone); returns their group."""
+    group = parser.add_argument_group("data")
+    model_default = " (default: the model's training data)" if from_model else ""
+    group.add_argument("--data", default=None if from_model else "shapes",
+                       help="'shapes' (generated in-process), a datasets hub name, or a local path: an "
+                            "imagefolder directory with metadata.jsonl, a parquet file or directory, or a "
+                            "json/jsonl file whose image column holds paths relative to it" + model_default)
+    group.add_argument("--image-column", default=None if from_model else "image",
+                       help="column that holds the images" + model_default)
+    group.add_argument("--text-column", default=None if from_model else "text",
+                       help="column that holds the captions" + model_default)
+    return group
+
+
+DATA_FLAGS = ("data", "image_column", "text_column")
+
+
+def data_of_model(args: argparse.Namespace, meta: dict[str, Any]) -> None:
+    """Fill the data flags left unset (None) with those the model was pretrained on (`meta` is its
+    ugen.json), so that RL and the eval read a model's own data unless told otherwise."""
+    trained_on = meta.get("pretrain", {})
+    for name, fallback in zip(DATA_FLAGS, ("shapes", "image", "text")):
+        if getattr(args, name) is None:
+            setattr(args, name, trained_on.get(name, fallback))
+
+
+def default_image_size(data: str) -> int:
+    """The resolution a new VQ tokenizer is trained at: the Shapes world's own, or LlamaGen's 256 px."""
+    if data == "shapes":
+        from ugen import shapes
+
+        return shapes.IMAGE_SIZE
+    return 256
 
 
 def load_split(args: argparse.Namespace, split: str, cache_dir: str | None = None) -> tuple[list[Example], int]:
     """`load_examples` with the flags of `add_data_args`: --num-train for train, --num-val otherwise."""
     num = args.num_train if split == "train" else args.num_val
     return load_examples(args.data, split, image_column=args.image_column, text_column=args.text_column,
-                         image_size=args.image_size, num=num, seed=args.seed, cache_dir=cache_dir)
+                         image_size=args.image_size or default_image_size(args.data), num=num, seed=args.seed,
+                         cache_dir=cache_dir)
 
 
 def load_examples(

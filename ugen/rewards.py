@@ -102,19 +102,25 @@ class WeightedSum:
 
 
 REWARDS = ("object_f1", "ssim", "vq_cosine", "hf_cosine")
+SHAPES_ONLY = ("object_f1",)  # need a scene to compare with: the Shapes world's
+DEFAULT_REWARD = {True: "object_f1", False: "ssim=0.5,vq_cosine=0.5"}  # with scenes, without
 
 
-def build_reward(spec: str, tokenizer=None, reward_model: str | None = None, device="cpu") -> WeightedSum:
+def build_reward(spec: str, tokenizer=None, reward_model: str | None = None, device="cpu", scenes: bool = True) -> WeightedSum:
     """A reward from a spec such as "object_f1" or "object_f1=0.7,ssim=0.3" (weights default to 1).
 
-    vq_cosine needs the VQ `tokenizer`; hf_cosine the `reward_model` directory. object_f1 needs
-    Shapes scenes (or images the parser can read)."""
+    vq_cosine needs the VQ `tokenizer`; hf_cosine the `reward_model` directory; object_f1 the
+    Shapes scenes (`scenes`): on other data the parser would read noise out of photos, so asking
+    for it there is an error rather than training on that noise."""
     parts: dict[str, tuple[float, Callable]] = {}
     for item in (p.strip() for p in spec.split(",") if p.strip()):
         name, _, weight = item.partition("=")
         name = name.strip()
         if name not in REWARDS:
             raise UserError(f"--reward {spec!r}: unknown reward {name!r} (rewards: {', '.join(REWARDS)})")
+        if name in SHAPES_ONLY and not scenes:
+            others = ", ".join(r for r in REWARDS if r not in SHAPES_ONLY)
+            raise UserError(f"--reward {name} scores Shapes scenes, and this data has none: use {others}")
         try:
             w = float(weight) if weight else 1.0
         except ValueError:

@@ -53,7 +53,9 @@ def cached_codes(tokenizer, examples: list[Example], cache_dir: Path, key: str) 
 def split_codes(args: argparse.Namespace, split: str, tokenizer, cache_dir: Path, log: bool = True) -> tuple[list[Example], np.ndarray]:
     """The examples of a split (the `add_data_args` flags) and their cached VQ codes; skipped
     unreadable rows are reported when `log` (the main process)."""
-    if args.image_size != tokenizer.config.image_size:
+    if args.image_size is None:
+        args.image_size = tokenizer.config.image_size
+    elif args.image_size != tokenizer.config.image_size:
         raise UserError(f"--image-size {args.image_size} differs from the VQ tokenizer's {tokenizer.config.image_size}")
     examples, skipped = load_split(args, split)
     if not examples:
@@ -109,14 +111,30 @@ class MetricsLog:
     """`metrics.jsonl`: one JSON line per step, the record a resumed run is compared against.
 
     A run resumed from step N drops the lines past N, which belong to the killed run, so the file
-    always reads as one uninterrupted run.
+    always reads as one uninterrupted run. A kill in the middle of a write leaves a torn last line:
+    it is dropped (its step is redone); a bad line anywhere else means the file is not ours.
     """
 
     def __init__(self, path: Path, resumed_at: int):
         path.parent.mkdir(parents=True, exist_ok=True)
-        old = path.read_text().splitlines() if path.is_file() and resumed_at else []
-        path.write_text("".join(line + "\n" for line in old if json.loads(line)["step"] <= resumed_at))
+        kept = [row for row in self._rows(path) if row["step"] <= resumed_at] if path.is_file() and resumed_at else []
+        tmp = path.with_name(path.name + ".tmp")  # rewritten through a rename: a kill now loses no line
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        tmp.replace(path)
         self.path, self.file = path, path.open("a")
+
+    @staticmethod
+    def _rows(path: Path) -> list[dict[str, Any]]:
+        lines = path.read_text().splitlines()
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise UserError(f"{path}: line {number} is not JSON; it is not a ugen metrics file") from None
+                print(f"{path}: dropped a torn last line (a run killed while writing it)", file=sys.stderr)
+        return rows
 
     def write(self, step: int, logs: dict[str, Any]) -> None:
         self.file.write(json.dumps({"step": step, **logs}) + "\n")
@@ -152,9 +170,53 @@ def checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resume(directory: Path, wanted: bool, model: torch.nn.Module, optimizer, scheduler, log: bool = True) -> dict[str, Any] | None:
+# Flags that steer one process of a run, not what it computes: they may change when it resumes.
+PROCESS_FLAGS = frozenset({"resume", "overwrite", "max_minutes", "started_at", "wandb", "device", "run_dir",
+                           "out", "eval_every", "checkpoint_every", "sample_every", "probe_every"})
+
+
+def add_run_dir_args(group) -> None:
+    """--resume and --overwrite, the two ways into a run directory that already holds checkpoints."""
+    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run directory")
+    group.add_argument("--overwrite", action="store_true",
+                       help="delete the run directory's checkpoints and metrics and start over (without it, a new "
+                            "run refuses a directory that holds checkpoints)")
+
+
+def claim_run_dir(directory: Path, resume: bool, overwrite: bool, remove: bool = True) -> None:
+    """Refuse to start a new run over an old run's checkpoints: a later --resume would continue the
+    old run. With `overwrite`, the old checkpoints and metrics are deleted (by the process with
+    `remove`, rank 0 under torchrun)."""
+    if resume and overwrite:
+        raise UserError("--resume continues the run in the directory and --overwrite deletes it: give one")
+    found = checkpoints(directory)
+    if not found or resume:
+        return
+    if not overwrite:
+        raise UserError(f"{directory} holds checkpoints of an earlier run (newest: step {found[-1][0]}); "
+                        "pass --resume to continue it or --overwrite to start over")
+    if remove:
+        shutil.rmtree(directory)
+        (Path(directory).parent / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], may_change: frozenset[str] = frozenset()) -> list[str]:
+    """`name saved -> current` for each run-defining setting that differs (PROCESS_FLAGS and
+    `may_change` aside)."""
+    current = json.loads(json.dumps(current))  # tuples and paths as the saved JSON has them
+    keys = (set(saved) | set(current)) - PROCESS_FLAGS - may_change
+    return [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(keys) if saved.get(key) != current.get(key)]
+
+
+def resume(directory: Path, wanted: bool, model: torch.nn.Module, optimizer, scheduler, expected: dict[str, Any],
+           log: bool = True, may_change: frozenset[str] = frozenset()) -> dict[str, Any] | None:
     """With `wanted` (--resume), restore the newest checkpoint in `directory` and return its
-    state.json; None when not wanted or when there is none (a fresh start, said when `log`)."""
+    state.json; None when not wanted or when there is none (a fresh start, said when `log`).
+
+    `expected` is what this run would save in state.json (its resolved `config`, and for
+    pretraining the vocabulary `schedule`): a checkpoint that differs in any of it belongs to
+    another run, and resuming it would mix the two, so it is refused, naming the differences.
+    Settings in `may_change` are the stage's to let differ (RL may be extended by --steps)."""
     if not wanted:
         return None
     found = checkpoints(directory)
@@ -162,22 +224,34 @@ def resume(directory: Path, wanted: bool, model: torch.nn.Module, optimizer, sch
         if log:
             print(f"--resume: no checkpoint in {directory}, starting fresh", file=sys.stderr)
         return None
-    state = load_checkpoint(found[-1][1], model, optimizer, scheduler)
+    path = found[-1][1]
+    state = read_state(path)
+    differ = config_differences(state.get("config", {}), expected["config"], may_change)
+    differ += [f"{key} (differs)" for key, value in expected.items()
+               if key != "config" and state.get(key) != json.loads(json.dumps(value))]
+    if differ:
+        raise UserError(f"--resume: {path} was made with other settings than these flags: {'; '.join(differ)}")
+    load_checkpoint(path, model, optimizer, scheduler)
     if log:
-        print(f"resuming from {found[-1][1]} at step {state['step']}", file=sys.stderr)
+        print(f"resuming from {path} at step {state['step']}", file=sys.stderr)
     return state
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
-    """Restore model, optimizer, LR schedule and RNGs in place; returns state.json."""
+def read_state(path: Path) -> dict[str, Any]:
     try:
-        state = json.loads((path / "state.json").read_text())
+        return json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"checkpoint {path} cannot be read: {err}") from None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> None:
+    """Restore model, optimizer, LR schedule and RNGs in place."""
+    try:
         weights = load_file(path / "model.safetensors", device=str(next(model.parameters()).device))
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
-    except (OSError, json.JSONDecodeError, RuntimeError) as err:
+    except (OSError, RuntimeError) as err:
         raise UserError(f"checkpoint {path} cannot be read: {err}") from None
     model.load_state_dict(weights, strict=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
-    return state

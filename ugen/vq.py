@@ -1,6 +1,7 @@
 """The VQ image tokenizer: images <-> a grid of discrete codes that the transformer reads and writes.
 
-A small convolutional encoder downsamples by 8 (three stride-2 stages, so 48 px -> 6x6 codes) into
+A small convolutional encoder downsamples by a power of two (`downsample`: 8 for Shapes, 48 px ->
+6x6 codes; 16 as in LlamaGen, 256 px -> 16x16 codes) into
 a quantizer from `vector-quantize-pytorch`: FSQ by default (no codebook to collapse and no
 commitment loss; levels [8, 5, 5, 5] give 1000 codes), or a learned `VectorQuantize` codebook with
 EMA updates, k-means init, cosine similarity and dead-code restarts. The decoder mirrors the
@@ -31,8 +32,15 @@ from ugen.runtime import write_json
 
 WEIGHTS_FILE = "vq.safetensors"
 CONFIG_FILE = "vq.json"
-DOWNSAMPLE = 8  # three stride-2 stages
 QUANTIZERS = ("fsq", "vq")
+DOWNSAMPLES = (4, 8, 16, 32)  # one stride-2 stage per factor of two
+
+
+def default_channels(downsample: int) -> list[int]:
+    """Widths of the stages of a tokenizer downsampling by `downsample`: 16 at 1/2 resolution,
+    doubling at each further stage ([16, 32, 64] for 8, [16, 32, 64, 128] for 16), so the extra
+    stages of a larger factor get the width their coarser grid can afford."""
+    return [16 * 2**i for i in range(int(math.log2(downsample)))]
 
 
 @dataclass
@@ -40,7 +48,8 @@ class VQConfig:
     """Everything that builds an `ImageTokenizer`; saved beside its weights as vq.json."""
 
     image_size: int = 48
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # widths at 1/2, 1/4 and 1/8 resolution
+    downsample: int = 8  # image pixels per code along each side: the code grid is image_size / downsample
+    channels: list[int] | None = None  # widths at 1/2, 1/4, ... 1/downsample resolution (None: default_channels)
     res_blocks: int = 1  # residual blocks at the coarsest (code-grid) resolution, in each of enc and dec
     quantizer: str = "fsq"  # "fsq" or "vq"
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # FSQ: codes = product of levels
@@ -49,13 +58,19 @@ class VQConfig:
     commitment_weight: float = 0.25  # VQ only
 
     def __post_init__(self) -> None:
-        self.channels, self.levels = list(self.channels), list(self.levels)
+        if self.downsample not in DOWNSAMPLES:
+            raise UserError(f"downsample must be one of {', '.join(map(str, DOWNSAMPLES))}, not {self.downsample}")
+        stages = int(math.log2(self.downsample))
+        self.channels = default_channels(self.downsample) if self.channels is None else list(self.channels)
+        self.levels = list(self.levels)
         if self.quantizer not in QUANTIZERS:
             raise UserError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
-        if self.image_size <= 0 or self.image_size % DOWNSAMPLE:
-            raise UserError(f"image size must be a positive multiple of {DOWNSAMPLE}, not {self.image_size}")
-        if len(self.channels) != 3 or min(self.channels) <= 0:
-            raise UserError(f"channels must be three positive widths (one per stride-2 stage), not {self.channels}")
+        if self.image_size <= 0 or self.image_size % self.downsample:
+            raise UserError(f"image size must be a positive multiple of {self.downsample} (the downsampling "
+                            f"factor), not {self.image_size}")
+        if len(self.channels) != stages or min(self.channels) <= 0:
+            raise UserError(f"channels must be {stages} positive widths (one per stage of a factor-{self.downsample} "
+                            f"tokenizer), not {self.channels}")
         if self.res_blocks < 0:
             raise UserError(f"res_blocks must be >= 0, not {self.res_blocks}")
         if self.quantizer == "fsq" and (not self.levels or min(self.levels) < 3):
@@ -87,28 +102,26 @@ class ResBlock(nn.Module):
 
 
 def _encoder(config: VQConfig) -> nn.Sequential:
-    c1, c2, c3 = config.channels
+    first, *rest = config.channels
     layers: list[nn.Module] = [
         # Space-to-depth instead of a full-resolution conv: each 2x2 pixel block becomes 12
         # channels, so no layer runs at full resolution (the costliest place on a CPU).
-        nn.PixelUnshuffle(2), nn.Conv2d(12, c1, 3, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
-        nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.SiLU(),  # (B, c2, H/4, W/4)
-        nn.Conv2d(c2, c3, 4, stride=2, padding=1), nn.SiLU(),  # (B, c3, H/8, W/8)
+        nn.PixelUnshuffle(2), nn.Conv2d(12, first, 3, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
     ]
-    layers += [ResBlock(c3) for _ in range(config.res_blocks)]
-    layers += [nn.Conv2d(c3, config.latent_dim, 1)]  # (B, D, g, g)
+    for wider, width in zip(config.channels, rest):  # each stage halves the resolution
+        layers += [nn.Conv2d(wider, width, 4, stride=2, padding=1), nn.SiLU()]  # (B, c_i, H/2^i, W/2^i)
+    layers += [ResBlock(config.channels[-1]) for _ in range(config.res_blocks)]
+    layers += [nn.Conv2d(config.channels[-1], config.latent_dim, 1)]  # (B, D, g, g)
     return nn.Sequential(*layers)
 
 
 def _decoder(config: VQConfig) -> nn.Sequential:
-    c1, c2, c3 = config.channels
-    layers: list[nn.Module] = [nn.Conv2d(config.latent_dim, c3, 3, padding=1), nn.SiLU()]  # (B, c3, g, g)
-    layers += [ResBlock(c3) for _ in range(config.res_blocks)]
-    layers += [
-        nn.ConvTranspose2d(c3, c2, 4, stride=2, padding=1), nn.SiLU(),  # (B, c2, H/4, W/4)
-        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
-        nn.Conv2d(c1, 12, 3, padding=1), nn.PixelShuffle(2),  # (B, 3, H, W): each 2x2 block from 12 channels
-    ]
+    widths = config.channels[::-1]  # coarsest first
+    layers: list[nn.Module] = [nn.Conv2d(config.latent_dim, widths[0], 3, padding=1), nn.SiLU()]  # (B, c_last, g, g)
+    layers += [ResBlock(widths[0]) for _ in range(config.res_blocks)]
+    for wider, width in zip(widths, widths[1:]):  # each stage doubles the resolution
+        layers += [nn.ConvTranspose2d(wider, width, 4, stride=2, padding=1), nn.SiLU()]
+    layers += [nn.Conv2d(widths[-1], 12, 3, padding=1), nn.PixelShuffle(2)]  # (B, 3, H, W): each 2x2 block from 12 channels
     return nn.Sequential(*layers)
 
 
@@ -131,7 +144,7 @@ class ImageTokenizer(nn.Module):
     def __init__(self, config: VQConfig):
         super().__init__()
         self.config = config
-        self.grid = config.image_size // DOWNSAMPLE
+        self.grid = config.image_size // config.downsample
         self.num_codes = config.num_codes
         self.encoder = _encoder(config)
         self.decoder = _decoder(config)
