@@ -31,7 +31,7 @@ from ugen.model import PRESETS, build_model, flops_per_token, masked_loss, num_p
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything
 from ugen.schedule import VocabSchedule, build_schedule
 from ugen.sequences import TASKS, TEXT_TASKS, RowSampler, apply_active_vocab, collate
-from ugen.text_tokenizer import TextTokenizer
+from ugen.text_tokenizer import load_text_tokenizer
 from ugen.training import (
     MetricsLog,
     make_optimizer,
@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/default", help="run directory: tokenizers in, checkpoints and model out")
     parser.add_argument("--vq", default=None, help="VQ tokenizer directory (default RUN/vq)")
-    parser.add_argument("--text-tokenizer", default=None, help="SentencePiece model (default RUN/text/text.model)")
+    parser.add_argument("--text-tokenizer", default=None,
+                        help="SentencePiece .model file or Hugging Face tokenizer directory (default RUN/text/text.model)")
     parser.add_argument("--out", default=None, help="model directory to write (default RUN/model)")
     add_data_args(parser)
 
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # -- tokenizers, data, codes ------------------------------------------------------------
     image_tokenizer = ImageTokenizer.load(args.vq or run / "vq", device=device)
-    text = TextTokenizer(args.text_tokenizer or run / "text" / "text.model")
+    text = load_text_tokenizer(args.text_tokenizer or run / "text" / "text.model")
     vocab = Vocab(num_text=text.size, num_image=image_tokenizer.num_codes)
     image_len = image_tokenizer.grid**2
     max_text = args.max_len - image_len - 8
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             out, model,
             {"vocab": vocab.to_dict(), "schedule": schedule.to_dict(), "image_size": args.image_size,
              "grid": int(np.sqrt(image_len)), "max_len": args.max_len, "step": step, "pretrain": config},
-            args.vq or run / "vq", args.text_tokenizer or run / "text" / "text.model",
+            args.vq or run / "vq", text,
         )
         minutes = (time.monotonic() - start_time) / 60
         speed = tokens_seen / max(1e-9, time.monotonic() - tick)

@@ -3,7 +3,8 @@
 Presets are named factory functions in one dict (like LlamaGen's GPT_models); the dict also feeds
 argparse `choices`. A model directory is what `save_pretrained` writes (config.json +
 model.safetensors) plus `ugen.json` (vocabulary layout, schedule, tokenizer paths), the VQ
-tokenizer in `vq/` and the SentencePiece model `text.model`.
+tokenizer in `vq/` and the text tokenizer (the SentencePiece model `text.model`, or a pretrained LM's
+tokenizer in `text/`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ugen.errors import UserError
 from ugen.runtime import atomic_dir, write_json
+from ugen.text_tokenizer import Tokenizer
 from ugen.vocab import Vocab
 
 UGEN_JSON = "ugen.json"
@@ -109,19 +111,19 @@ def save_model_dir(
     model: LlamaForCausalLM,
     meta: dict[str, Any],
     vq_dir: str | Path,
-    text_model: str | Path,
+    text: Tokenizer,
 ) -> Path:
     """Write a complete, self-contained model directory atomically.
 
     `meta` holds at least `vocab` (Vocab.to_dict()) and whatever the stage wants to keep
-    (schedule, resolved config); tokenizer files are copied in so the directory stands alone.
+    (schedule, resolved config); the tokenizers are written in so the directory stands alone.
     """
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         shutil.copytree(vq_dir, tmp / "vq")
-        shutil.copy(text_model, tmp / "text.model")
-        write_json(tmp / UGEN_JSON, {"format_version": FORMAT_VERSION, "vq": "vq", "text_tokenizer": "text.model", **meta})
+        text_name = text.save(tmp)
+        write_json(tmp / UGEN_JSON, {"format_version": FORMAT_VERSION, "vq": "vq", "text_tokenizer": text_name, **meta})
     return directory
 
 

@@ -21,7 +21,7 @@ from ugen.data import Example, load_split
 from ugen.errors import UserError
 from ugen.runtime import atomic_dir, rng_state, set_rng_state, write_json
 from ugen.sequences import TokenizedExample
-from ugen.text_tokenizer import TextTokenizer
+from ugen.text_tokenizer import Tokenizer
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -64,8 +64,8 @@ def split_codes(args: argparse.Namespace, split: str, tokenizer, cache_dir: Path
     return examples, cached_codes(tokenizer, examples, cache_dir, key)
 
 
-def tokenize_examples(examples: list[Example], codes: np.ndarray, text: TextTokenizer, max_text: int) -> list[TokenizedExample]:
-    """SentencePiece ids for every text of every example; texts are clipped to `max_text` pieces so
+def tokenize_examples(examples: list[Example], codes: np.ndarray, text: Tokenizer, max_text: int) -> list[TokenizedExample]:
+    """Text-tokenizer ids for every text of every example; texts are clipped to `max_text` pieces so
     that a long caption never pushes the image codes out of a row."""
 
     def enc(s: str) -> list[int]:
