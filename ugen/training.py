@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from ugen.data import Example, load_split
 from ugen.errors import UserError
@@ -137,7 +137,7 @@ def save_checkpoint(
     pickles), then prune all but the newest `keep`."""
     final = Path(directory) / f"step-{step:07d}"
     with atomic_dir(final) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        save_model(model, str(tmp / "model.safetensors"))  # writes tied embeddings (one tensor, two names) once
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
         write_json(tmp / "state.json", {"step": step, **state})
     for old in sorted(checkpoints(directory))[:-keep]:
@@ -172,11 +172,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     """Restore model, optimizer, LR schedule and RNGs in place; returns state.json."""
     try:
         state = json.loads((path / "state.json").read_text())
-        weights = load_file(path / "model.safetensors", device=str(next(model.parameters()).device))
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        load_model(model, path / "model.safetensors", strict=True, device=str(next(model.parameters()).device))
     except (OSError, json.JSONDecodeError, RuntimeError) as err:
         raise UserError(f"checkpoint {path} cannot be read: {err}") from None
-    model.load_state_dict(weights, strict=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
