@@ -11,6 +11,9 @@ DATA_ARGS := --data $(DATA) --image-column $(IMAGE_COLUMN) --text-column $(TEXT_
 MODEL ?= $(RUN)/model
 PRESET ?= tiny
 SEED ?= 0
+# A Hugging Face causal-LM directory to start pretraining from (its weights and tokenizer) instead of
+# PRESET; then no SentencePiece model is trained.
+INIT_FROM ?=
 WANDB ?= offline
 # Safety net for the 15-minute budget of `make pretrain` on a 2-core CPU: counted from when make
 # starts (the tokenizers' time included), pretraining stops cleanly (checkpoint + model) if a slow
@@ -49,10 +52,11 @@ $(RUN)/text/text.model: | .venv/installed
 vq: $(RUN)/vq/vq.safetensors
 text-tokenizer: $(RUN)/text/text.model
 
-# The main job: Shapes, the tiny preset, the progressive schedule; writes $(RUN)/model. VQ_ARGS go to
-# the image tokenizer's training (e.g. "--downsample 16 --steps 3000"), ARGS to pretraining.
-pretrain: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
-	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) --seed $(SEED) --wandb $(WANDB) $(DATA_ARGS) \
+# The main job: Shapes, the tiny preset (or INIT_FROM), the progressive schedule; writes $(RUN)/model.
+# VQ_ARGS go to the image tokenizer's training (e.g. "--downsample 16 --steps 3000"), ARGS to pretraining.
+pretrain: $(RUN)/vq/vq.safetensors $(if $(INIT_FROM),,$(RUN)/text/text.model)
+	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) $(if $(INIT_FROM),--init-from $(INIT_FROM)) \
+		--seed $(SEED) --wandb $(WANDB) $(DATA_ARGS) \
 		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES) --started-at $(STARTED)) $(ARGS)
 
 # Unified-GRPO from MODEL into $(RUN)/model-rl (checkpoints, metrics, samples in $(RUN)/rl).

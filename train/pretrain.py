@@ -3,12 +3,17 @@
     python train/pretrain.py --run-dir runs/default            # Shapes, tiny, progressive schedule
     python train/pretrain.py --run-dir runs/x --vocab-schedule vanilla
     torchrun --nproc_per_node 8 train/pretrain.py --run-dir runs/big --preset base --data PATH
+    python train/pretrain.py --run-dir runs/qwen --init-from PATH/TO/Qwen2.5-0.5B   # a pretrained LM
 
 Reads the tokenizers from the run directory (`RUN/vq`, `RUN/text/text.model`, written by the
 scripts in `tokenizers/`), caches the VQ codes of the data once, trains, checkpoints every N steps
 (`--resume` continues with the same data order, schedule state and RNG), and writes the model
 directory `RUN/model`. Per-task validation loss, tokens/s and the active image ids are logged to
 wandb (offline by default) and the progress bar.
+
+`--init-from DIR` starts from any Hugging Face causal LM instead of a preset: its architecture,
+weights and (unless `--text-tokenizer` says otherwise) its tokenizer. The unified vocabulary is
+then the LM's ids, ugen's specials, the image codes; the new rows start at the mean of the LM's.
 """
 
 from __future__ import annotations
@@ -27,11 +32,20 @@ from tqdm import tqdm
 
 from ugen.data import add_data_args
 from ugen.errors import UserError
-from ugen.model import PRESETS, build_model, flops_per_token, masked_loss, num_params, save_model_dir
+from ugen.model import (
+    PRESETS,
+    build_model,
+    extend_pretrained_lm,
+    flops_per_token,
+    lm_vocab,
+    masked_loss,
+    num_params,
+    save_model_dir,
+)
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything
 from ugen.schedule import build_schedule
 from ugen.sequences import TASKS, TEXT_TASKS, RowSampler, apply_active_vocab, collate
-from ugen.text_tokenizer import TextTokenizer
+from ugen.text_tokenizer import load_text_tokenizer
 from ugen.training import (
     MetricsLog,
     add_run_dir_args,
@@ -54,12 +68,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/default", help="run directory: tokenizers in, checkpoints and model out")
     parser.add_argument("--vq", default=None, help="VQ tokenizer directory (default RUN/vq)")
-    parser.add_argument("--text-tokenizer", default=None, help="SentencePiece model (default RUN/text/text.model)")
+    parser.add_argument("--text-tokenizer", default=None,
+                        help="SentencePiece .model file or Hugging Face tokenizer directory "
+                             "(default: the --init-from LM's tokenizer, else RUN/text/text.model)")
     parser.add_argument("--out", default=None, help="model directory to write (default RUN/model)")
     add_data_args(parser)
 
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", choices=list(PRESETS), default="tiny", help="transformer size")
+    model.add_argument("--preset", choices=list(PRESETS), default="tiny", help="transformer size (not used with --init-from)")
+    model.add_argument("--init-from", default=None, metavar="DIR",
+                       help="start from this Hugging Face causal LM (AutoModelForCausalLM: Llama, Qwen2, Mistral, ...) "
+                            "and its tokenizer instead of a --preset")
     model.add_argument("--max-len", type=int, default=None,
                        help=f"longest row in tokens, texts clipped to fit (default: the image's codes + {TEXT_ROOM}, "
                             "128 for Shapes' 6x6 codes)")
@@ -196,10 +215,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # -- tokenizers, data, codes ------------------------------------------------------------
     image_tokenizer = ImageTokenizer.load(args.vq or run / "vq", device=device)
-    text = TextTokenizer(args.text_tokenizer or run / "text" / "text.model")
-    vocab = Vocab(num_text=text.size, num_image=image_tokenizer.num_codes)
     image_len = image_tokenizer.grid**2
     args.max_len = args.max_len or image_len + TEXT_ROOM
+    text = load_text_tokenizer(args.text_tokenizer or args.init_from or run / "text" / "text.model")
+    if args.init_from:
+        vocab = lm_vocab(args.init_from, text, image_tokenizer.num_codes, args.max_len)
+    else:
+        vocab = Vocab(num_text=text.size, num_image=image_tokenizer.num_codes)
     max_text = args.max_len - image_len - 8
     if max_text < 8:
         raise UserError(f"--max-len {args.max_len} leaves no room for text beside {image_len} image codes")
@@ -222,7 +244,10 @@ def main(argv: list[str] | None = None) -> None:
         ids_per_add=args.vocab_add, add_every=args.vocab_every, order=args.vocab_order, seed=args.seed,
         code_counts=np.bincount(train_codes.ravel(), minlength=vocab.num_image),
     )
-    model = build_model(args.preset, vocab, args.max_len, device)
+    if args.init_from:
+        model = extend_pretrained_lm(args.init_from, vocab, device)
+    else:
+        model = build_model(args.preset, vocab, args.max_len, device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
     config = vars(args) | {"vocab": vocab.to_dict(), "world_size": dist.world}
@@ -241,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     wandb_run = init_wandb(args.wandb if dist.main else "disabled", run, "ugen-pretrain", config)
     if dist.main:
-        print(f"model: {args.preset}, {num_params(model) / 1e6:.2f}M parameters, vocab {vocab.size} "
+        print(f"model: {args.init_from or args.preset}, {num_params(model) / 1e6:.2f}M parameters, vocab {vocab.size} "
               f"({vocab.num_text} text, {vocab.num_image} image), schedule {schedule.kind} "
               f"(m={schedule.ids_per_add}, k={schedule.add_every}, all active at step {schedule.full_step()})", file=sys.stderr)
 
@@ -304,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             out, model,
             {"vocab": vocab.to_dict(), "schedule": schedule.to_dict(), "image_size": args.image_size,
              "grid": int(np.sqrt(image_len)), "max_len": args.max_len, "step": step, "pretrain": config},
-            args.vq or run / "vq", args.text_tokenizer or run / "text" / "text.model",
+            args.vq or run / "vq", text,
         )
         minutes = (time.monotonic() - start_time) / 60
         speed = tokens_seen / max(1e-9, time.monotonic() - tick)

@@ -278,8 +278,7 @@ def main(argv: list[str] | None = None) -> None:
 
     save_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, {"config": config})
     kept = {k: v for k, v in meta.items() if k not in ("format_version", "vq", "text_tokenizer")}  # written anew
-    save_model_dir(out, model, kept | {"rl": config | {"steps_done": step}},
-                   model_dir / meta["vq"], model_dir / meta["text_tokenizer"])
+    save_model_dir(out, model, kept | {"rl": config | {"steps_done": step}}, model_dir / meta["vq"], policy.text)
     print(f"rl: {step} steps, {reward_trend(metrics.path)}, {(time.monotonic() - start_time) / 60:.1f} min -> {out}")
     wandb_run.summary.update({"final_step": step})
     wandb_run.finish()

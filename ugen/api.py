@@ -20,7 +20,7 @@ from ugen.model import load_transformer, read_meta
 from ugen.runtime import pick_device
 from ugen.sampling import Engine, SamplingParams
 from ugen.sequences import caption_prompt, t2i_prompt, text_qa_prompt, vqa_prompt
-from ugen.text_tokenizer import TextTokenizer
+from ugen.text_tokenizer import load_text_tokenizer
 from ugen.vocab import Vocab
 from ugen.vq import ImageTokenizer, encode_images, to_uint8
 
@@ -57,7 +57,7 @@ class UGen:
         self.meta = read_meta(directory)
         self.device = pick_device(device) if isinstance(device, str) else device
         self.vocab = Vocab.from_dict(self.meta["vocab"])
-        self.text = TextTokenizer(directory / self.meta["text_tokenizer"])
+        self.text = load_text_tokenizer(directory / self.meta["text_tokenizer"])
         self.image_tokenizer = ImageTokenizer.load(directory / self.meta["vq"], device=self.device)
         self.model = load_transformer(directory, self.device)
         self.engine = Engine(self.model, self.vocab, self.image_tokenizer.grid)

@@ -7,3 +7,8 @@ exit code 2; anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input from the user: a missing file, an empty prompt, a directory that is not a model."""
+
+
+def one_line(err: BaseException) -> str:
+    """A library's error message, which may span lines, as the one line a UserError prints."""
+    return " ".join(str(err).split())

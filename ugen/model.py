@@ -1,9 +1,11 @@
 """The unified transformer: a plain `transformers` Llama, so any Llama runtime can serve it.
 
 Presets are named factory functions in one dict (like LlamaGen's GPT_models); the dict also feeds
-argparse `choices`. A model directory is what `save_pretrained` writes (config.json +
-model.safetensors) plus `ugen.json` (vocabulary layout, schedule, tokenizer paths), the VQ
-tokenizer in `vq/` and the SentencePiece model `text.model`.
+argparse `choices`. Pretraining may instead start from a pretrained Hugging Face causal LM (Llama,
+Qwen2, Mistral, ...), which keeps its architecture: `extend_pretrained_lm` grows its vocabulary.
+A model directory is what `save_pretrained` writes (config.json + model.safetensors) plus
+`ugen.json` (vocabulary layout, schedule, tokenizer paths), the VQ tokenizer in `vq/` and the text
+tokenizer (the SentencePiece model `text.model`, or a pretrained LM's tokenizer in `text/`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
-from ugen.errors import UserError
+from ugen.errors import UserError, one_line
 from ugen.runtime import atomic_dir, write_json
+from ugen.text_tokenizer import Tokenizer
 from ugen.vocab import Vocab
 
 UGEN_JSON = "ugen.json"
@@ -80,6 +91,66 @@ def build_model(preset: str, vocab: Vocab, max_len: int, device: torch.device) -
     return LlamaForCausalLM(config).to(device)
 
 
+def lm_config(directory: str | Path) -> PretrainedConfig:
+    """The config of the pretrained causal LM in `directory` (what `--init-from` names)."""
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise UserError(f"--init-from {directory}: no config.json there, not a Hugging Face model directory")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"--init-from {directory}: AutoConfig cannot read it ({one_line(err)})") from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise UserError(f"--init-from {directory}: a {config.model_type!r} model is not a causal LM that AutoModelForCausalLM loads")
+    return config
+
+
+def lm_vocab(directory: str | Path, text: Tokenizer, num_image: int, max_len: int) -> Vocab:
+    """The text-first vocabulary around the pretrained LM in `directory`: its ids stay on the rows
+    that learned them, ugen's specials and the image codes follow.
+
+    Every embedding row is a text id, padding rows past the tokenizer included (Qwen2 pads its
+    vocabulary), but sampling never draws those nor the LM's own specials. Rows of `max_len` must
+    fit the LM's positions; checked here so that a bad flag fails before the data is encoded.
+    """
+    config = lm_config(directory).get_text_config()
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and max_len > positions:
+        raise UserError(f"--max-len {max_len} is longer than the {positions} positions of the model in {directory}")
+    rows = config.vocab_size
+    if text.size > rows:
+        raise UserError(f"the text tokenizer has {text.size} ids, the model in {directory} only {rows} embedding rows")
+    never_emitted = set(text.never_emitted) | set(range(text.size, rows))
+    return Vocab(num_text=rows, num_image=num_image, text_first=True, never_emitted=tuple(sorted(never_emitted)))
+
+
+def extend_pretrained_lm(directory: str | Path, vocab: Vocab, device: torch.device) -> PreTrainedModel:
+    """The pretrained LM in `directory`, its embeddings grown from its rows to `vocab.size`.
+
+    The new input and output rows (ugen's specials, then the image codes) start at the mean of the
+    LM's rows, as SimpleAR and Liquid do: a new row then sits where the model expects a token, and
+    the logits over the LM's own vocabulary are unchanged until training moves them. The weights
+    load in float32 whatever they were saved in, as ugen trains with fp32 weights under autocast.
+    """
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
+                                                     attn_implementation=attention_implementation(device))
+    except (OSError, ValueError) as err:
+        raise UserError(f"--init-from {directory}: AutoModelForCausalLM cannot load it ({one_line(err)})") from None
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows != vocab.num_text:
+        raise ValueError(f"the vocabulary has {vocab.num_text} text ids for a model with {rows} rows (see lm_vocab)")
+    model.resize_token_embeddings(vocab.size, mean_resizing=False)  # mean_resizing samples around the mean
+    # With tied embeddings the output matrix is the input one: set its new rows once.
+    weights = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
+    with torch.no_grad():
+        for weight in weights.values():  # (V, D)
+            weight[rows:] = weight[:rows].mean(dim=0)
+    for config in (model.config, model.generation_config):  # plain `generate` stops at ugen's <eos> too
+        config.pad_token_id, config.bos_token_id, config.eos_token_id = vocab.pad, vocab.bos, vocab.eos
+    return model.to(device)
+
+
 def masked_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, active_codes: torch.Tensor | None) -> torch.Tensor:
     """Mean next-token cross-entropy with inactive image ids excluded from the softmax.
 
@@ -98,7 +169,7 @@ def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_token(model: LlamaForCausalLM, seq_len: int) -> float:
+def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     """Training FLOPs per token (6N plus attention), as in nanoGPT's estimate_mfu."""
     cfg = model.config
     return 6 * num_params(model) + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
@@ -106,22 +177,22 @@ def flops_per_token(model: LlamaForCausalLM, seq_len: int) -> float:
 
 def save_model_dir(
     directory: str | Path,
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     meta: dict[str, Any],
     vq_dir: str | Path,
-    text_model: str | Path,
+    text: Tokenizer,
 ) -> Path:
     """Write a complete, self-contained model directory atomically.
 
     `meta` holds at least `vocab` (Vocab.to_dict()) and whatever the stage wants to keep
-    (schedule, resolved config); tokenizer files are copied in so the directory stands alone.
+    (schedule, resolved config); the tokenizers are written in so the directory stands alone.
     """
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         shutil.copytree(vq_dir, tmp / "vq")
-        shutil.copy(text_model, tmp / "text.model")
-        write_json(tmp / UGEN_JSON, {"format_version": FORMAT_VERSION, "vq": "vq", "text_tokenizer": "text.model", **meta})
+        text_name = text.save(tmp)
+        write_json(tmp / UGEN_JSON, {"format_version": FORMAT_VERSION, "vq": "vq", "text_tokenizer": text_name, **meta})
     return directory
 
 
@@ -141,9 +212,11 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_transformer(directory: str | Path, device: torch.device) -> LlamaForCausalLM:
+def load_transformer(directory: str | Path, device: torch.device) -> PreTrainedModel:
+    """The transformer of a model directory, in the architecture it was saved with (a model
+    started from a pretrained Qwen2 stays a Qwen2)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a model this size loads instantly; the bar is noise on stderr
-    model = LlamaForCausalLM.from_pretrained(directory, attn_implementation=attention_implementation(device))
+    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation=attention_implementation(device))
     return model.to(device).eval()

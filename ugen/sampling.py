@@ -3,8 +3,9 @@
 Prefill the left-padded prompts once, then decode a token at a time with the KV cache (LlamaGen's
 structure). Modality is enforced on the logits, so even an untrained model emits well-formed
 sequences: inside an image span only image ids may be drawn and exactly grid*grid of them, then
-<eoi>; outside it only text ids and the few specials that may follow text. Classifier-free guidance
-puts the conditional and unconditional rows in one batch and mixes `u + s * (c - u)`.
+<eoi>; outside it only text ids (less those the vocabulary never emits: a pretrained LM's own
+specials) and the few specials that may follow text. Classifier-free guidance puts the
+conditional and unconditional rows in one batch and mixes `u + s * (c - u)`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Engine:
         image = torch.zeros(v.size, dtype=torch.bool)
         image[v.image_start :] = True
         text = torch.zeros(v.size, dtype=torch.bool)
-        text[v.text_start : v.image_start] = True
+        text[v.text_start : v.text_end] = True
+        text[v.from_text(list(v.never_emitted))] = False  # a pretrained LM's own specials and padding rows
         text[v.eos] = True
         self.allowed_image = image.to(self.device)  # inside an image span
         self.allowed_text = text.to(self.device)  # outside: text pieces and <eos>

@@ -1,14 +1,21 @@
-"""SentencePiece BPE with byte fallback: any string encodes, nothing maps to <unk>."""
+"""Text tokenizers: ugen's own SentencePiece BPE, or a pretrained LM's Hugging Face tokenizer.
+
+SentencePiece is trained with byte fallback, so any string encodes and nothing maps to <unk>. A
+model started from a pretrained LM (`train/pretrain.py --init-from`) keeps that LM's tokenizer, as
+its ids are what the LM's embedding rows mean. Both kinds have one interface (`encode`, `decode`,
+`size`, `never_emitted`, `save`), so nothing past loading cares which one a model uses.
+"""
 
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Union
 
 import sentencepiece as spm
 
-from ugen.errors import UserError
+from ugen.errors import UserError, one_line
 
 
 class TextTokenizer:
@@ -34,6 +41,67 @@ class TextTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)
+
+    @property
+    def never_emitted(self) -> tuple[int, ...]:
+        return ()  # trained without specials; byte fallback never emits <unk>
+
+    def save(self, directory: Path) -> str:
+        """Copy the model into a model directory; returns its name there (recorded in ugen.json)."""
+        shutil.copy(self.path, directory / "text.model")
+        return "text.model"
+
+
+class HFTextTokenizer:
+    """A pretrained LM's Hugging Face tokenizer (`AutoTokenizer`), without its own specials.
+
+    ugen writes its own bos/eos/pad (see `ugen.vocab`), so `encode` adds none of the LM's, and the
+    LM's special and added tokens are `never_emitted`: a sampled <|endoftext|> or chat marker would
+    mean nothing to ugen's sequence formats.
+    """
+
+    def __init__(self, path: str | Path):
+        from transformers import AutoTokenizer
+
+        self.path = Path(path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"{self.path}: AutoTokenizer cannot load it ({one_line(err)})") from None
+
+    @property
+    def size(self) -> int:
+        return len(self.tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        # split_special_tokens: a caption that spells "<|im_start|>" is text, not the LM's marker
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    @property
+    def never_emitted(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.tokenizer.all_special_ids) | set(self.tokenizer.added_tokens_decoder)))
+
+    def save(self, directory: Path) -> str:
+        """`save_pretrained` into `directory/text`: the tokenizer's files only, where the LM's
+        directory it came from also holds weights."""
+        self.tokenizer.save_pretrained(directory / "text")
+        return "text"
+
+
+Tokenizer = Union[TextTokenizer, HFTextTokenizer]
+
+
+def load_text_tokenizer(path: str | Path) -> Tokenizer:
+    """A SentencePiece `.model` file or a Hugging Face tokenizer directory, by what `path` is."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".model":
+        return TextTokenizer(path)
+    if path.is_dir() and any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return HFTextTokenizer(path)
+    raise UserError(f"no SentencePiece .model file nor Hugging Face tokenizer directory at {path}")
 
 
 def train_text_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int) -> TextTokenizer:

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from ugen.data import Example, load_split
 from ugen.errors import UserError
 from ugen.runtime import atomic_dir, rng_state, set_rng_state, write_json
 from ugen.sequences import TokenizedExample
-from ugen.text_tokenizer import TextTokenizer
+from ugen.text_tokenizer import Tokenizer
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -66,8 +66,8 @@ def split_codes(args: argparse.Namespace, split: str, tokenizer, cache_dir: Path
     return examples, cached_codes(tokenizer, examples, cache_dir, key)
 
 
-def tokenize_examples(examples: list[Example], codes: np.ndarray, text: TextTokenizer, max_text: int) -> list[TokenizedExample]:
-    """SentencePiece ids for every text of every example; texts are clipped to `max_text` pieces so
+def tokenize_examples(examples: list[Example], codes: np.ndarray, text: Tokenizer, max_text: int) -> list[TokenizedExample]:
+    """Text-tokenizer ids for every text of every example; texts are clipped to `max_text` pieces so
     that a long caption never pushes the image codes out of a row."""
 
     def enc(s: str) -> list[int]:
@@ -155,7 +155,7 @@ def save_checkpoint(
     pickles), then prune all but the newest `keep`."""
     final = Path(directory) / f"step-{step:07d}"
     with atomic_dir(final) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        save_model(model, str(tmp / "model.safetensors"))  # writes tied embeddings (one tensor, two names) once
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
         write_json(tmp / "state.json", {"step": step, **state})
     for old in sorted(checkpoints(directory))[:-keep]:
@@ -247,11 +247,10 @@ def read_state(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> None:
     """Restore model, optimizer, LR schedule and RNGs in place."""
     try:
-        weights = load_file(path / "model.safetensors", device=str(next(model.parameters()).device))
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        load_model(model, path / "model.safetensors", strict=True, device=str(next(model.parameters()).device))
     except (OSError, RuntimeError) as err:
         raise UserError(f"checkpoint {path} cannot be read: {err}") from None
-    model.load_state_dict(weights, strict=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])

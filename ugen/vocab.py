@@ -2,6 +2,10 @@
 
 One transformer vocabulary serves both modalities. Which range is which is saved with the model
 (`ugen.json`), so every reader maps ids the same way.
+
+A model started from a pretrained language model keeps that model's ids where they are (its rows
+hold what it learned), so its layout puts the text first: text pieces, then specials, then image
+codes (`text_first`). Image codes come after both in either layout.
 """
 
 from __future__ import annotations
@@ -26,21 +30,37 @@ SPECIALS = (
 
 @dataclass(frozen=True)
 class Vocab:
-    num_text: int  # SentencePiece pieces
+    num_text: int  # text-tokenizer ids (a pretrained LM: its embedding rows, padding rows included)
     num_image: int  # VQ codebook size
     specials: tuple[str, ...] = SPECIALS
+    text_first: bool = False  # the layout of a model started from a pretrained LM: text, specials, images
+    # Text-tokenizer ids that sampling never draws: a pretrained LM's own specials (its eos, pad,
+    # chat markers), which ugen's specials replace, and its embedding rows no tokenizer id reaches.
+    never_emitted: tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "specials", tuple(self.specials))
+        object.__setattr__(self, "never_emitted", tuple(int(i) for i in self.never_emitted))
+        if any(not 0 <= i < self.num_text for i in self.never_emitted):
+            raise ValueError(f"never_emitted ids must be text ids in [0, {self.num_text})")
 
     # -- ranges -------------------------------------------------------------------------------
     @property
     def text_start(self) -> int:
-        return len(self.specials)
+        return 0 if self.text_first else len(self.specials)
+
+    @property
+    def text_end(self) -> int:
+        """One past the last text id."""
+        return self.text_start + self.num_text
+
+    @property
+    def special_start(self) -> int:
+        return self.num_text if self.text_first else 0
 
     @property
     def image_start(self) -> int:
-        return self.text_start + self.num_text
+        return len(self.specials) + self.num_text
 
     @property
     def size(self) -> int:
@@ -48,22 +68,22 @@ class Vocab:
 
     def special(self, name: str) -> int:
         """Id of a special token by name, e.g. `vocab.special("<boi>")`."""
-        return self.specials.index(name)
+        return self.special_start + self.specials.index(name)
 
     def __getattr__(self, name: str) -> int:
         # vocab.pad, vocab.bos, vocab.boi, vocab.gen ... read better than vocab.special("<pad>")
         token = f"<{name}>"
         if name.startswith("_") or token not in self.specials:
             raise AttributeError(name)
-        return self.specials.index(token)
+        return self.special(token)
 
     # -- conversions --------------------------------------------------------------------------
     def from_text(self, piece_ids: list[int]) -> list[int]:
         return [self.text_start + i for i in piece_ids]
 
     def to_text(self, ids: list[int]) -> list[int]:
-        """SentencePiece ids of the text ids among `ids` (specials and image ids dropped)."""
-        return [i - self.text_start for i in ids if self.text_start <= i < self.image_start]
+        """Text-tokenizer ids of the text ids among `ids` (specials and image ids dropped)."""
+        return [i - self.text_start for i in ids if self.text_start <= i < self.text_end]
 
     def from_codes(self, codes) -> list[int]:
         return [self.image_start + int(c) for c in codes]
@@ -75,13 +95,16 @@ class Vocab:
         return ids >= self.image_start
 
     def is_text(self, ids: torch.Tensor) -> torch.Tensor:
-        return (ids >= self.text_start) & (ids < self.image_start)
+        return (ids >= self.text_start) & (ids < self.text_end)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["specials"] = list(self.specials)
+        d["never_emitted"] = list(self.never_emitted)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocab":
-        return cls(num_text=d["num_text"], num_image=d["num_image"], specials=tuple(d["specials"]))
+        """Directories written before the text-first layout existed have neither of its fields."""
+        return cls(num_text=d["num_text"], num_image=d["num_image"], specials=tuple(d["specials"]),
+                   text_first=d.get("text_first", False), never_emitted=tuple(d.get("never_emitted", ())))
