@@ -30,7 +30,7 @@ SEEDS ?= 0 1 2
 JOBS ?= 2
 ABLATION ?= runs/ablation-$(PRESET)
 
-.PHONY: install pretrain vq text-tokenizer eval ablation rl test clean
+.PHONY: install pretrain vq text-tokenizer eval ablation rl digits test clean
 
 # torch first, pinned: the CPU wheel is on the machine, and any looser requirement resolved on its own
 # pulls the CUDA build. Everything after is constrained to that torch. flash-attn is only in .[gpu].
@@ -71,6 +71,14 @@ eval: | .venv/installed
 # once, one thread each, is ~1.4x faster there than one at a time). A killed ablation resumes.
 ablation: | .venv/installed
 	$(PYTHON) eval/ablation.py --root $(ABLATION) --preset $(PRESET) --seeds $(SEEDS) --jobs $(JOBS) $(ARGS)
+
+# A real data set ugen has never seen, end to end: scikit-learn's handwritten digits as an imagefolder,
+# `make pretrain` on it, then captions and drawings scored by an independent classifier.
+digits: | .venv/installed
+	$(PIP) install --quiet -c constraints.txt -e ".[bench]"
+	$(PYTHON) benchmarks/digits.py build --out runs/data/digits
+	$(MAKE) pretrain DATA=runs/data/digits IMAGE_SIZE=32 VQ_ARGS="--downsample 4"
+	$(PYTHON) benchmarks/digits.py judge --model runs/digits/model
 
 test: .venv/installed
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q $(ARGS)

@@ -1,8 +1,9 @@
 """A real image-caption data set ugen has never seen: scikit-learn's handwritten digits.
 
+    make digits                                                     # all of the below, scikit-learn included
     pip install scikit-learn                                        # the package that ships the images
     python benchmarks/digits.py build --out runs/data/digits        # an imagefolder with metadata.jsonl
-    make pretrain DATA=runs/data/digits IMAGE_SIZE=32               # -> runs/digits/model
+    make pretrain DATA=runs/data/digits IMAGE_SIZE=32 VQ_ARGS="--downsample 4"   # -> runs/digits/model
     python benchmarks/digits.py judge --model runs/digits/model     # scored by an independent classifier
 
 The 1,797 scans of UCI's optical digits (8x8, 17 grey levels, 43 writers) ship inside scikit-learn.

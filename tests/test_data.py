@@ -126,7 +126,7 @@ def test_square_rgb_crops_the_centre():
 def test_carving_is_90_5_5_and_keeps_existing_splits():
     import datasets
 
-    from ugen.data import _pick_split
+    from ugen.data.sources import _pick_split
 
     rows = datasets.Dataset.from_dict({"i": list(range(2000))})
     only_train = datasets.DatasetDict({"train": rows})

@@ -141,7 +141,7 @@ def test_train_script_on_own_data(tmp_path):
                         "--wandb", "disabled")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_rows"] == 1 and "parser_object_accuracy" not in metrics
-    assert "skipped 1 train and 0 validation rows" in result.stdout
+    assert "skipped 1 rows (empty text or unreadable image)" in result.stdout
     assert ImageTokenizer.load(out).grid == 4
 
 

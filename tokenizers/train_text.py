@@ -10,22 +10,21 @@ Writes OUT/text.model.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import Iterator
 
-from ugen.data import add_data_args, load_split
+from ugen.data import add_data_args, open_split
 from ugen.errors import UserError
 from ugen.runtime import add_common_args, run_main
 from ugen.text_tokenizer import train_text_tokenizer
 
 
-def corpus(examples) -> list[str]:
-    texts = []
-    for e in examples:
-        texts += [e.caption, *e.prompts, *(t for q, a, _ in e.qa for t in (q, a))]
-        if e.passage:
-            texts.append(e.passage)
-    return texts
+def corpus(source) -> Iterator[str]:
+    """Every text of the split's rows, read without decoding a single image."""
+    for t in source.iter_texts():
+        yield from (t.caption, *t.prompts, *(x for q, a, _ in t.qa for x in (q, a)))
+        if t.passage:
+            yield t.passage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,10 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.vocab_size <= 260:
         raise UserError(f"--vocab-size {args.vocab_size}: must exceed the 256 byte pieces plus <unk>")
-    examples, skipped = load_split(args, "train")
-    if skipped:
-        print(f"train: skipped {skipped} unreadable rows of {len(examples) + skipped}", file=sys.stderr)
-    texts = corpus(examples)
+    texts = list(corpus(open_split(args, "train")))
     if not texts:
         raise UserError(f"{args.data}: no text to train the tokenizer on")
     out = Path(args.out) / "text.model"

@@ -19,12 +19,12 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ugen.data import add_data_args, default_image_size, load_split
+from ugen.data import add_data_args, default_image_size, open_split
+from ugen.data.sources import image_batches
 from ugen.errors import UserError
 from ugen.metrics import tokenizer_metrics
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--loss", choices=["mse", "l1"], default="mse", help="per-pixel reconstruction loss")
     group.add_argument("--object-weight", type=float, default=4.0,
                        help="weight of pixels that differ from the background (1 = plain loss)")
+    group.add_argument("--shuffle-buffer", type=int, default=2048,
+                       help="with --streaming: images held to draw batches from (a stream cannot be indexed)")
     group.add_argument("--log-every", type=int, default=25, help="steps between wandb logs")
 
     # run
@@ -118,22 +120,21 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                       res_blocks=args.res_blocks, quantizer=args.quantizer,
                       levels=_int_list(args.levels, "--levels"), codebook_size=args.codebook_size)
     print(f"vq config: {config}")
-    train_examples, skipped_train = load_split(args, "train")
-    val_examples, skipped_val = load_split(args, "validation")
-    if skipped_train or skipped_val:
-        print(f"skipped {skipped_train} train and {skipped_val} validation rows (unreadable image or empty text)")
-    if not train_examples or not val_examples:
-        raise UserError(f"--data {args.data}: {len(train_examples)} train and {len(val_examples)} validation "
-                        "examples; need at least one of each (without its own split, 5% of rows are validation)")
-    # (N, 3, H, W) uint8 in memory: a batch is an index draw and a cheap float conversion.
-    train_images = torch.from_numpy(np.stack([ex.image for ex in train_examples])).permute(0, 3, 1, 2).contiguous()
+    train_source = open_split(args, "train")
+    val_examples = (val_source := open_split(args, "validation")).examples()  # at most --num-val, in memory
+    if not val_examples or (train_source.random_access and not len(train_source)):
+        raise UserError(f"--data {args.data}: {len(val_examples)} readable validation examples and "
+                        f"{len(train_source) if train_source.random_access else 'a stream of'} train rows; need at least one of "
+                        "each (without its own split, 5% of rows are validation)")
+    generator = torch.Generator().manual_seed(args.seed)
+    # Drawn at random and decoded per batch: no data set is held in memory, whatever its size.
+    batches = image_batches(train_source, args.batch_size, generator, args.shuffle_buffer)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = ImageTokenizer(config).to(device).train()
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     run = init_wandb(args.wandb, out, "ugen-vq", {**vars(args), "vq_config": config.__dict__})
-    generator = torch.Generator().manual_seed(args.seed)
     deadline = Deadline(args.max_minutes, args.started_at)
     lr_factor = warmup_cosine(args.warmup, args.steps, min_ratio=0.1)  # a short run ends on a low rate
 
@@ -143,8 +144,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         if deadline.expired():
             print(f"--max-minutes reached: stopping after {step} steps")
             break
-        index = torch.randint(len(train_images), (args.batch_size,), generator=generator)
-        images = train_images[index].to(device).float().div_(127.5).sub_(1.0)  # (B, 3, H, W)
+        images = next(batches).to(device).float().div_(127.5).sub_(1.0)  # (B, 3, H, W)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step)
         recon, _, aux_loss = tokenizer(images)
@@ -162,8 +162,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
     tokenizer.eval()
     metrics = {"steps": step, "train_seconds": round(train_seconds, 1), "val_images": len(val_examples), **tokenizer_metrics(tokenizer, val_examples),
-               "skipped_rows": skipped_train + skipped_val}
+               "skipped_rows": train_source.skipped + val_source.skipped}
     metrics["wall_seconds"] = round(time.monotonic() - began, 1)
+    if metrics["skipped_rows"]:  # train rows are checked for text up front, images as they are drawn
+        print(f"skipped {metrics['skipped_rows']} rows (empty text or unreadable image)")
     tokenizer.save(out)
     write_json(out / "metrics.json", metrics)
     run.summary.update(metrics)

@@ -54,7 +54,6 @@ from ugen.training import (
     resume,
     save_checkpoint,
     split_codes,
-    tokenize_examples,
     warmup_cosine,
 )
 from ugen.vocab import Vocab
@@ -225,24 +224,21 @@ def main(argv: list[str] | None = None) -> None:
     max_text = args.max_len - image_len - 8
     if max_text < 8:
         raise UserError(f"--max-len {args.max_len} leaves no room for text beside {image_len} image codes")
-    splits = {}
-    for split in ("train", "validation"):
-        examples, codes = split_codes(args, split, image_tokenizer, run / "cache", log=dist.main)
-        splits[split] = (tokenize_examples(examples, codes, text, max_text), codes)
+    _, train_rows = split_codes(args, "train", image_tokenizer, run / "cache", text, max_text, log=dist.main)
+    _, val_rows = split_codes(args, "validation", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     del image_tokenizer  # the transformer trains on codes only
-    train_examples, train_codes = splits["train"]
-    sampler = RowSampler(train_examples, vocab, args.mix, args.caption_dropout)
+    sampler = RowSampler(train_rows, vocab, args.mix, args.caption_dropout)
     if args.text_only_steps and not any(sampler.weights[TASKS.index(t)] > 0 for t in TEXT_TASKS):
         raise UserError(f"--text-only-steps {args.text_only_steps} needs a text task ({', '.join(TEXT_TASKS)}) "
                         "in --mix that this data supports")
-    val_batches = validation_batches(RowSampler(splits["validation"][0], vocab, args.mix, 0.0), vocab, args.max_len, args.seed)
+    val_batches = validation_batches(RowSampler(val_rows, vocab, args.mix, 0.0), vocab, args.max_len, args.seed)
 
     # -- schedule, model, optimizer ---------------------------------------------------------
     schedule = build_schedule(
         args.vocab_schedule, vocab.num_image, args.steps,
         text_only_steps=args.text_only_steps, full_at=args.vocab_full_at,
         ids_per_add=args.vocab_add, add_every=args.vocab_every, order=args.vocab_order, seed=args.seed,
-        code_counts=np.bincount(train_codes.ravel(), minlength=vocab.num_image),
+        code_counts=train_rows.code_counts,
     )
     if args.init_from:
         model = extend_pretrained_lm(args.init_from, vocab, device)

@@ -191,9 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.kl_beta > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
 
-    examples, codes = split_codes(args, "train", policy.image_tokenizer, run / "cache")
-    if len(examples) < args.images_per_step:
-        raise UserError(f"--images-per-step {args.images_per_step} is more than the {len(examples)} training images")
+    if args.streaming:
+        raise UserError("--streaming: RL reads each drawn image's original by its row, which a stream cannot give")
+    max_text = meta["max_len"] - policy.image_tokenizer.grid ** 2 - 8  # as pretraining clipped them: one cache serves both
+    source, cache = split_codes(args, "train", policy.image_tokenizer, run / "cache", policy.text, max_text)
+    if len(cache) < args.images_per_step:
+        raise UserError(f"--images-per-step {args.images_per_step} is more than the {len(cache)} training images")
 
     optimizer = make_optimizer(model, args.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
@@ -208,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     G, B = args.group_size, args.images_per_step
     params = RolloutParams(SamplingParams(args.caption_temperature, 0, args.caption_top_p),
                            SamplingParams(args.image_temperature, 0, 1.0, args.cfg))
-    probe_examples, probe_codes = split_codes(args, "validation", policy.image_tokenizer, run / "cache")
-    probe_examples, probe_codes = probe_examples[: args.probe_images], probe_codes[: args.probe_images]
+    probe_source, probe_cache = split_codes(args, "validation", policy.image_tokenizer, run / "cache", policy.text, max_text)
+    probe_examples = [probe_source.example(row) for row in probe_cache.rows[: args.probe_images]]
+    probe_codes = np.asarray(probe_cache.codes[: args.probe_images])
 
     def run_probe(done: int) -> None:
         model.eval()
@@ -230,13 +234,14 @@ def main(argv: list[str] | None = None) -> None:
             break
         stage = stage_of(step, args.stages)
         rng = np.random.default_rng([args.seed, step])  # the images of a step: a resumed run redraws the same
-        pick = rng.choice(len(examples), size=B, replace=False)
+        pick = rng.choice(len(cache), size=B, replace=False)
         generator = torch.Generator(device).manual_seed(int(rng.integers(2**62)))
-        originals = [examples[i].image for i in pick for _ in range(G)]
-        scenes = [examples[i].scene for i in pick for _ in range(G)]
+        rows = cache.rows[pick]  # the originals are read again from the data: the cache holds codes
+        originals = [source.image(row) for row in rows for _ in range(G)]
+        scenes = [source.scene(row) for row in rows for _ in range(G)]
 
         model.eval()
-        prompts, completions, caption_ids, pictures = rollout(policy, stage, codes[pick], G, params, generator)
+        prompts, completions, caption_ids, pictures = rollout(policy, stage, np.asarray(cache.codes[pick]), G, params, generator)
         rewards = torch.tensor([reward_fn(o, p, s) for o, p, s in zip(originals, pictures, scenes)])
         advantages = group_advantages(rewards, G).to(device)
         temperature = (params.caption if stage == 1 else params.image).temperature

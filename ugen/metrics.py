@@ -133,30 +133,34 @@ def bits_per_byte(model, texts: list[str], batch_size: int = 64) -> float:
 
 
 @torch.no_grad()
-def tokenizer_metrics(tokenizer, examples, batch_size: int = 250) -> dict[str, float]:
+def tokenizer_metrics(tokenizer, examples, batch_size: int = 50) -> dict[str, float]:
     """How well the VQ tokenizer (`ugen.vq.ImageTokenizer`) reconstructs `examples`: PSNR, SSIM
     (torchmetrics), codebook usage and, on Shapes, the parser's reading of the reconstructions
     (objects found exactly, and images read exactly): the ceiling of every generated image."""
     from ugen.rewards import ssim
     from ugen.vq import to_tensor, to_uint8
 
-    images = np.stack([e.image for e in examples])  # (N, H, W, 3) uint8
-    codes, recons = [], []
-    for start in range(0, len(images), batch_size):
-        batch_codes = tokenizer.encode(to_tensor(images[start : start + batch_size]).to(tokenizer.device))
+    # Batch by batch, so that memory stays bounded (SSIM's windows cost megabytes per image).
+    codes, found, squared_errors, ssims = [], [], [], []
+    scenes = all(e.scene is not None for e in examples)
+    for start in range(0, len(examples), batch_size):
+        images = np.stack([e.image for e in examples[start : start + batch_size]])  # (B, H, W, 3) uint8
+        batch_codes = tokenizer.encode(to_tensor(images).to(tokenizer.device))
         codes.append(batch_codes.cpu().numpy())
-        recons.append(to_uint8(tokenizer.decode(batch_codes)))
-    codes, recons = np.concatenate(codes), np.concatenate(recons)
-    mse = ((recons.astype(np.float64) - images.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))  # (N,)
-    used = len(np.unique(codes))
+        recons = to_uint8(tokenizer.decode(batch_codes))
+        squared_errors.append(((recons.astype(np.float64) - images.astype(np.float64)) ** 2).mean(axis=(1, 2, 3)))
+        ssims.append(ssim(images, recons) * len(images))
+        if scenes:
+            found += [parse(r) for r in recons]
+    mse = np.concatenate(squared_errors)  # (N,)
+    used = len(np.unique(np.concatenate(codes)))
     metrics = {
         "psnr_db": float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))),
-        "ssim": ssim(images, recons),
+        "ssim": float(sum(ssims) / len(examples)),
         "codebook_usage": used / tokenizer.num_codes,
         "codes_used": used,
     }
-    if all(e.scene is not None for e in examples):
-        found = [parse(r) for r in recons]
+    if scenes:
         total = sum(len(e.scene.objects) for e in examples)
         metrics["parser_object_accuracy"] = sum(len(set(f) & set(e.scene.objects)) for f, e in zip(found, examples)) / max(1, total)
         metrics["parser_image_exact"] = mean(scene_matches(f, e.scene) for f, e in zip(found, examples))

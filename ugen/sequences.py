@@ -13,6 +13,7 @@ passage, the caption, the answer, the image), not on the conditioning it is give
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -124,14 +125,17 @@ class RowSampler:
     (seed, step): the data order of a resumed run is the uninterrupted run's.
     """
 
-    def __init__(self, examples: list[TokenizedExample], vocab: Vocab, mix: dict[str, float], caption_dropout: float):
+    def __init__(self, examples: Sequence[TokenizedExample], vocab: Vocab, mix: dict[str, float], caption_dropout: float):
         unknown = set(mix) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks in the mixture: {sorted(unknown)} (tasks: {', '.join(TASKS)})")
         self.examples, self.vocab, self.caption_dropout = examples, vocab, caption_dropout
-        self.with_qa = [i for i, e in enumerate(examples) if e.qa]
+        # The code cache (`ugen.data.cache.CodeCache`) knows its rows with QA without reading them all.
+        self.with_qa = getattr(examples, "with_qa", None)
+        if self.with_qa is None:
+            self.with_qa = [i for i, e in enumerate(examples) if e.qa]
         weights = np.array([mix.get(t, 0.0) for t in TASKS], dtype=float)
-        if not self.with_qa:
+        if not len(self.with_qa):
             weights[TASKS.index("vqa")] = weights[TASKS.index("text_qa")] = 0.0
         if weights.sum() <= 0:
             raise ValueError(f"task mixture {mix} puts no weight on a task this data supports")

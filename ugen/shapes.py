@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ugen.data import Example
+from ugen.data.sources import Example, Texts
 
 IMAGE_SIZE = 48
 GRID = 3
@@ -538,24 +538,25 @@ def split_of(scene: Scene) -> str:
     return "train" if bucket < 90 else "validation" if bucket < 95 else "test"
 
 
-def make_examples(split: str, n: int, seed: int = 0, image_size: int = IMAGE_SIZE) -> list[Example]:
-    """n examples of one split, the same for the same (seed, split): scenes are drawn from one
-    seeded stream and those of other splits skipped."""
+def make_texts(split: str, n: int, seed: int = 0) -> list[tuple[Scene, Texts]]:
+    """n scenes of one split with their texts, the same for the same (seed, split): scenes are drawn
+    from one seeded stream and those of other splits skipped. No image is rendered: the caller
+    renders a scene when it needs its pixels (`render`), so a large split costs no image memory."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = random.Random(f"{seed}-{split}")
-    examples = []
-    while len(examples) < n:
+    out = []
+    while len(out) < n:
         scene = sample_scene(rng)
         if split_of(scene) != split:
             continue
         long = long_caption(scene)
-        examples.append(Example(
-            image=render(scene, image_size),
-            caption=long,
-            prompts=[short_caption(scene), long],
-            qa=questions(scene, rng),
-            passage=passage(scene, rng),
-            scene=scene,
-        ))
-    return examples
+        texts = Texts(caption=long, prompts=[short_caption(scene), long], qa=questions(scene, rng), passage=passage(scene, rng))
+        out.append((scene, texts))
+    return out
+
+
+def make_examples(split: str, n: int, seed: int = 0, image_size: int = IMAGE_SIZE) -> list[Example]:
+    """`make_texts` with each scene rendered at `image_size`: a small set held in memory (the eval's)."""
+    return [Example(image=render(scene, image_size), caption=t.caption, prompts=t.prompts, qa=t.qa, passage=t.passage,
+                    scene=scene) for scene, t in make_texts(split, n, seed)]

@@ -3,86 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from ugen.data import Example, load_split
+from ugen.data import Source, open_split
+from ugen.data.cache import CodeCache, load_cache
 from ugen.errors import UserError
 from ugen.runtime import atomic_dir, rng_state, set_rng_state, write_json
-from ugen.sequences import TokenizedExample
 from ugen.text_tokenizer import Tokenizer
 
 
 # -- data -------------------------------------------------------------------------------------
-def cached_codes(tokenizer, examples: list[Example], cache_dir: Path, key: str) -> np.ndarray:
-    """VQ codes of every example, (N, grid*grid), encoded once and cached under `cache_dir`.
-
-    `key` names the data (source, split, size, seed); the tokenizer's weights are hashed in, so a
-    retrained tokenizer never reuses stale codes.
-    """
-    from ugen.vq import encode_images
-
-    digest = hashlib.sha1(key.encode())
-    for name, tensor in sorted(tokenizer.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    path = Path(cache_dir) / f"codes-{digest.hexdigest()[:16]}.npy"
-    if path.is_file():
-        codes = np.load(path)
-        if len(codes) == len(examples):
-            return codes
-    codes = encode_images(tokenizer, np.stack([e.image for e in examples]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # torchrun ranks may encode at once
-    np.save(tmp, codes)
-    tmp.replace(path)
-    return codes
-
-
-def split_codes(args: argparse.Namespace, split: str, tokenizer, cache_dir: Path, log: bool = True) -> tuple[list[Example], np.ndarray]:
-    """The examples of a split (the `add_data_args` flags) and their cached VQ codes; skipped
-    unreadable rows are reported when `log` (the main process)."""
+def split_codes(args: argparse.Namespace, split: str, vq, cache_dir: Path, text: Tokenizer, max_text: int,
+                log: bool = True) -> tuple[Source, CodeCache]:
+    """The rows of a split (the `add_data_args` flags) and their code cache, built on first use;
+    skipped rows are reported when `log` (the main process)."""
     if args.image_size is None:
-        args.image_size = tokenizer.config.image_size
-    elif args.image_size != tokenizer.config.image_size:
-        raise UserError(f"--image-size {args.image_size} differs from the VQ tokenizer's {tokenizer.config.image_size}")
-    examples, skipped = load_split(args, split)
-    if not examples:
-        raise UserError(f"{args.data}: the {split} split has no readable examples")
-    if skipped and log:
-        print(f"{split}: skipped {skipped} unreadable rows of {len(examples) + skipped}", file=sys.stderr)
-    key = f"{args.data}|{split}|{args.num_train if split == 'train' else args.num_val}|{args.image_size}|{args.seed}"
-    return examples, cached_codes(tokenizer, examples, cache_dir, key)
-
-
-def tokenize_examples(examples: list[Example], codes: np.ndarray, text: Tokenizer, max_text: int) -> list[TokenizedExample]:
-    """Text-tokenizer ids for every text of every example; texts are clipped to `max_text` pieces so
-    that a long caption never pushes the image codes out of a row."""
-
-    def enc(s: str) -> list[int]:
-        return text.encode(s)[:max_text]
-
-    return [
-        TokenizedExample(
-            codes=c,
-            caption=enc(e.caption),
-            prompts=[enc(p) for p in e.prompts],
-            qa=[(enc(q), enc(a)) for q, a, _ in e.qa],
-            passage=text.encode(e.passage or e.caption)[: 2 * max_text],
-        )
-        for e, c in zip(examples, codes)
-    ]
+        args.image_size = vq.config.image_size
+    elif args.image_size != vq.config.image_size:
+        raise UserError(f"--image-size {args.image_size} differs from the VQ tokenizer's {vq.config.image_size}")
+    source = open_split(args, split)
+    return source, load_cache(source, vq, text, max_text, cache_dir, log=log)
 
 
 # -- optimization -----------------------------------------------------------------------------
