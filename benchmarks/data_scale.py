@@ -96,7 +96,7 @@ def main() -> None:
         "train_text": timed("train_text", ["tokenizers/train_text.py", "--out", str(run / "text"), *common],
                             work / "train_text.log"),
         "encode_and_pretrain": timed("encode + pretrain", [
-            "train/pretrain.py", "--run-dir", str(run), "--steps", str(args.steps), "--text-only-steps", "10",
+            "train/pretrain.py", "--run-dir", str(run), "--steps", str(args.steps), "--text-only-steps", str(args.steps // 5),
             "--eval-every", str(args.steps), "--overwrite", "--wandb", "disabled", *common], work / "pretrain.log"),
     }
     caches = [json.loads(p.read_text()) for p in sorted((run / "cache").glob("*/meta.json"))]

@@ -6,12 +6,19 @@ downloaded, nothing outside the pytest temp directory is written.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
 
 import pytest
+
+from ugen.runtime import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,11 +30,44 @@ TINY_DATA = ["--num-train", "200", "--num-val", "40"]
 
 def run_script(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run a stage script by path, as a user would (`tokenizers/` must not be imported)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2"}
+    # Two threads, or the suite's own setting (`make test` runs two workers at one thread each).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@functools.cache
+def _script(path: str) -> ModuleType:
+    name = f"script_{Path(path).stem}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_in_process(capsys, script: str | Callable[[list[str]], Any], *args: str) -> Result:
+    """`run_script` (or the `ugen` command, given its `main`) without a new interpreter, which saves
+    seconds of imports per call, for tests that run a stage many times to check its refusals: the
+    same `main` and the same `run_main` around it."""
+    main = _script(script).main if isinstance(script, str) else script
+    capsys.readouterr()  # this call's output only
+    try:
+        run_main(lambda: main(list(args)))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
 
 
 @pytest.fixture(scope="session")

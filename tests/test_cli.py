@@ -6,6 +6,8 @@ import sys
 import pytest
 from PIL import Image
 
+from conftest import run_in_process
+from ugen.cli import main
 from ugen.shapes import make_examples
 
 
@@ -50,7 +52,7 @@ def test_ask_and_text(tiny_model_dir, images):
     assert text.returncode == 0 and text.stdout.startswith("a red circle")
 
 
-def test_bad_input_is_one_line_and_exit_code_2(tiny_model_dir, images, tmp_path):
+def test_bad_input_is_one_line_and_exit_code_2(tiny_model_dir, images, tmp_path, capsys):
     not_image = tmp_path / "notes.png"
     not_image.write_text("this is not a picture")
     cases = [
@@ -64,6 +66,6 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_model_dir, images, tmp_path)
         ("generate", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--out", str(tmp_path / "x.png"), "--num", "0"),
     ]
     for args in cases:
-        result = ugen_cli(*args)
+        result = run_in_process(capsys, main, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, (args, result.stderr)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TINY_DATA, run_script
+from conftest import ROOT, TINY_DATA, run_in_process, run_script
 from ugen.model import read_meta
 
 
@@ -28,7 +28,7 @@ def test_killed_run_resumes_with_the_same_losses(tiny_run, tmp_path):
     run_script("train/pretrain.py", "--run-dir", str(tmp_path / "full"), *common)
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.Popen([sys.executable, "train/pretrain.py", "--run-dir", str(killed), *common], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "checkpoints" / "step-0000008"
@@ -98,52 +98,54 @@ def test_max_minutes_counts_from_started_at_and_still_writes_a_model(tiny_run, t
     assert read_meta(tmp_path / "model")["step"] == 0
 
 
-def test_bad_arguments_exit_2_with_one_line(tmp_path):
-    result = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--wandb", "disabled", check=False)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
+    result = run_in_process(capsys, "train/pretrain.py", "--run-dir", str(tmp_path), "--wandb", "disabled")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    bad_mix = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--mix", "poetry=1", check=False)
+    bad_mix = run_in_process(capsys, "train/pretrain.py", "--run-dir", str(tmp_path), "--mix", "poetry=1")
     assert bad_mix.returncode == 2 and "--mix" in bad_mix.stderr
-    short = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--steps", "50", check=False)  # 60 text-only steps
+    short = run_in_process(capsys, "train/pretrain.py", "--run-dir", str(tmp_path), "--steps", "50")  # 60 text-only steps
     assert short.returncode == 2 and "--text-only-steps 60" in short.stderr and "Traceback" not in short.stderr
 
 
-def _pretrain(tiny_run, run_dir, *extra, check=True):
-    return run_script("train/pretrain.py", "--run-dir", str(run_dir), "--vq", str(tiny_run / "vq"),
-                      "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--steps", "4", "--batch-size", "4",
-                      "--warmup", "1", "--text-only-steps", "1", "--checkpoint-every", "2", "--eval-every", "100",
-                      *TINY_DATA, "--wandb", "disabled", *extra, check=check)
+def _pretrain(capsys, tiny_run, run_dir, *extra, check=True):
+    result = run_in_process(capsys, "train/pretrain.py", "--run-dir", str(run_dir), "--vq", str(tiny_run / "vq"),
+                            "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--steps", "4", "--batch-size", "4",
+                            "--warmup", "1", "--text-only-steps", "1", "--checkpoint-every", "2", "--eval-every", "100",
+                            *TINY_DATA, "--wandb", "disabled", *extra)
+    assert not check or result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
-def test_runs_cannot_mix(tiny_run, tmp_path):
+def test_runs_cannot_mix(tiny_run, tmp_path, capsys):
     """A new run refuses an old run's directory; --resume refuses another run's checkpoint."""
-    _pretrain(tiny_run, tmp_path)
+    _pretrain(capsys, tiny_run, tmp_path)
     first = losses(tmp_path)
-    again = _pretrain(tiny_run, tmp_path, check=False)
+    again = _pretrain(capsys, tiny_run, tmp_path, check=False)
     assert again.returncode == 2 and "holds checkpoints of an earlier run" in again.stderr
     assert "--resume" in again.stderr and "--overwrite" in again.stderr and "Traceback" not in again.stderr
     assert losses(tmp_path) == first  # nothing of the old run was touched
 
     for flags, named in [(["--steps", "6"], "steps 4 -> 6"), (["--vocab-order", "random"], "vocab_order"),
                          (["--preset", "small"], "preset 'tiny' -> 'small'")]:
-        other = _pretrain(tiny_run, tmp_path, "--resume", *flags, check=False)
+        other = _pretrain(capsys, tiny_run, tmp_path, "--resume", *flags, check=False)
         assert other.returncode == 2 and named in other.stderr and "Traceback" not in other.stderr, other.stderr
         assert len(other.stderr.strip().splitlines()) == 1
-    both = _pretrain(tiny_run, tmp_path, "--resume", "--overwrite", check=False)
+    both = _pretrain(capsys, tiny_run, tmp_path, "--resume", "--overwrite", check=False)
     assert both.returncode == 2 and "give one" in both.stderr
 
     # Flags that only steer this process may change: a resume with another --eval-every is accepted.
-    resumed = _pretrain(tiny_run, tmp_path, "--resume", "--eval-every", "50")
+    resumed = _pretrain(capsys, tiny_run, tmp_path, "--resume", "--eval-every", "50")
     assert "resuming from" in resumed.stderr and losses(tmp_path) == first
 
-    fresh = _pretrain(tiny_run, tmp_path, "--overwrite", "--seed", "1")
+    fresh = _pretrain(capsys, tiny_run, tmp_path, "--overwrite", "--seed", "1")
     assert "resuming" not in fresh.stderr and sorted(losses(tmp_path)) == [1, 2, 3, 4]
     assert losses(tmp_path) != first  # a new run (another seed), not the old one continued
 
 
-def test_resume_drops_a_torn_last_metrics_line(tiny_run, tmp_path):
+def test_resume_drops_a_torn_last_metrics_line(tiny_run, tmp_path, capsys):
     """A kill in the middle of a write leaves half a JSON line: resume drops it and redoes its step."""
-    _pretrain(tiny_run, tmp_path, "--steps", "4")
+    _pretrain(capsys, tiny_run, tmp_path, "--steps", "4")
     full = losses(tmp_path)
     checkpoints = sorted((tmp_path / "checkpoints").iterdir())
     import shutil
@@ -151,11 +153,11 @@ def test_resume_drops_a_torn_last_metrics_line(tiny_run, tmp_path):
     shutil.rmtree(checkpoints[-1])  # as if killed after step 3's line, before the final checkpoint
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2])
-    resumed = _pretrain(tiny_run, tmp_path, "--resume")
+    resumed = _pretrain(capsys, tiny_run, tmp_path, "--resume")
     assert "dropped a torn last line" in resumed.stderr
     assert losses(tmp_path) == full  # steps 3 and 4 redone from the step-2 checkpoint, exactly as before
 
     (tmp_path / "metrics.jsonl").write_text("not json\n" + (tmp_path / "metrics.jsonl").read_text())
     shutil.rmtree(sorted((tmp_path / "checkpoints").iterdir())[-1])
-    broken = _pretrain(tiny_run, tmp_path, "--resume", check=False)
+    broken = _pretrain(capsys, tiny_run, tmp_path, "--resume", check=False)
     assert broken.returncode == 2 and "line 1 is not JSON" in broken.stderr

@@ -4,7 +4,7 @@ import json
 import sys
 
 import ugen
-from conftest import ROOT, TINY_DATA, run_script
+from conftest import ROOT, TINY_DATA, run_in_process, run_script
 from ugen import shapes
 from ugen.rewards import build_reward
 
@@ -48,12 +48,12 @@ def test_rl_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
     assert all(list(r) == ["step", "probe/reconstruction"] for r in probes)
 
 
-def test_bad_rl_arguments_are_one_line_errors(tiny_model_dir, tmp_path):
+def test_bad_rl_arguments_are_one_line_errors(tiny_model_dir, tmp_path, capsys):
     for extra, message in [(["--reward", "bleu"], "unknown reward"), (["--group-size", "1"], "--group-size"),
                            (["--reward", "hf_cosine"], "--reward-model")]:
-        result = run_script("train/rl.py", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), *extra, check=False)
+        result = run_in_process(capsys, "train/rl.py", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), *extra)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-    missing = run_script("train/rl.py", "--model", str(tmp_path / "none"), check=False)
+    missing = run_in_process(capsys, "train/rl.py", "--model", str(tmp_path / "none"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 

@@ -133,7 +133,7 @@ def bits_per_byte(model, texts: list[str], batch_size: int = 64) -> float:
 
 
 @torch.no_grad()
-def tokenizer_metrics(tokenizer, examples, batch_size: int = 50) -> dict[str, float]:
+def tokenizer_metrics(tokenizer, examples, batch_size: int = 16) -> dict[str, float]:
     """How well the VQ tokenizer (`ugen.vq.ImageTokenizer`) reconstructs `examples`: PSNR, SSIM
     (torchmetrics), codebook usage and, on Shapes, the parser's reading of the reconstructions
     (objects found exactly, and images read exactly): the ceiling of every generated image."""

@@ -199,17 +199,17 @@ class Source:
     def scene(self, i: int) -> Any:
         return None
 
-    def example(self, i: int) -> Example | None:
-        image = self.image(i)
+    def example(self, i: int, texts: Texts | None = None, image: np.ndarray | None = None) -> Example | None:
+        """Row i with its image (None when unreadable); `texts` and `image` when already read."""
+        image = self.image(i) if image is None else image
         if image is None:
             return None
-        t = self.texts(i)
+        t = texts or self.texts(i)
         return Example(image=image, caption=t.caption, prompts=t.prompts, qa=t.qa, passage=t.passage, scene=self.scene(i))
 
     def examples(self) -> list[Example]:
         """Every readable row in memory: for small splits only (a test set, validation images)."""
-        return [Example(image=image, caption=t.caption, prompts=t.prompts, qa=t.qa, passage=t.passage, scene=self.scene(i))
-                for chunk in self.chunks() for i, t, image in chunk]
+        return [self.example(i, t, image) for chunk in self.chunks() for i, t, image in chunk]
 
     def iter_texts(self) -> Iterator[Texts]:
         for i in range(len(self)):
