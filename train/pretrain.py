@@ -184,7 +184,7 @@ def batch_loss(model, batch: dict, vocab: Vocab, active: torch.Tensor, device, a
     """Loss of one collated batch under the active image ids (NaN when no target is active)."""
     batch = {k: v.to(device) for k, v in apply_active_vocab(batch, vocab, active).items()}
     with autocast():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return masked_loss(logits, batch["labels"], vocab, active)
 
 

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = read_meta(model_dir)
     data_of_model(args, meta)
     args.reward = args.reward or DEFAULT_REWARD[args.data == "shapes"]
-    policy = load(model_dir, device)
+    policy = load(model_dir, device, dtype=torch.float32)  # trained: fp32 weights, bf16 autocast on CUDA
     model, vocab = policy.model, policy.vocab
     reward_fn = build_reward(args.reward, policy.image_tokenizer, args.reward_model, device, scenes=args.data == "shapes")
     reference = None

@@ -52,14 +52,14 @@ def read_image(image: ImageLike, size: int) -> np.ndarray:
 
 
 class UGen:
-    def __init__(self, directory: str | os.PathLike, device: str | torch.device = "auto"):
+    def __init__(self, directory: str | os.PathLike, device: str | torch.device = "auto", dtype: torch.dtype | None = None):
         directory = Path(directory)
         self.meta = read_meta(directory)
         self.device = pick_device(device) if isinstance(device, str) else device
         self.vocab = Vocab.from_dict(self.meta["vocab"])
         self.text = load_text_tokenizer(directory / self.meta["text_tokenizer"])
         self.image_tokenizer = ImageTokenizer.load(directory / self.meta["vq"], device=self.device)
-        self.model = load_transformer(directory, self.device)
+        self.model = load_transformer(directory, self.device, dtype)
         self.engine = Engine(self.model, self.vocab, self.image_tokenizer.grid)
         self.image_size = self.image_tokenizer.config.image_size
         self.image_len = self.image_tokenizer.grid**2
@@ -158,6 +158,7 @@ class UGen:
         return self.decode_text(ids + self._run([ids], params, self._generator(seed), max_new_tokens=max_new_tokens)[0])
 
 
-def load(directory: str | os.PathLike, device: str | torch.device = "auto") -> UGen:
-    """Load a model directory written by `train/pretrain.py` (or RL)."""
-    return UGen(directory, device)
+def load(directory: str | os.PathLike, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> UGen:
+    """Load a model directory written by `train/pretrain.py` (or RL); weights in bf16 on CUDA and
+    fp32 on the CPU unless `dtype` says otherwise."""
+    return UGen(directory, device, dtype)

@@ -134,5 +134,9 @@ def policy_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> torch
     """(B, L - 1, V) logits predicting `batch.targets`, divided by the sampling temperature: the
     policy GRPO scores is the tempered distribution the rollouts were drawn from (greedy, 0, is
     scored at 1)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    device = batch.input_ids.device
+    # bf16 autocast on CUDA over fp32 weights (as pretraining); no KV cache is built for a training forward
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
+    logits = logits.float()
     return logits / temperature if temperature > 0 else logits

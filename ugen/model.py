@@ -10,9 +10,11 @@ tokenizer (the SentencePiece model `text.model`, or a pretrained LM's tokenizer 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +69,32 @@ PRESETS = {"tiny": tiny, "small": small, "base": base, "large": large}
 
 
 def attention_implementation(device: torch.device) -> str:
-    """flash-attn when it is installed and on CUDA (the optional `.[gpu]` extra), else PyTorch SDPA."""
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    """flash-attn when it imports on CUDA (the optional `.[gpu]` extra), else PyTorch SDPA.
+
+    The import itself is the check: a wheel built for another torch or CUDA is found on the path
+    but fails to load its kernels, and that must be a fallback with its reason, not a crash later."""
+    if device.type != "cuda":
+        return "sdpa"
+    reason = _flash_attn_problem()
+    if reason is None:
         return "flash_attention_2"
+    if importlib.util.find_spec("flash_attn") is not None:  # installed, but broken: say why, once
+        _say_once(f"flash-attn is installed but does not load ({reason}): attention runs on PyTorch SDPA")
     return "sdpa"
+
+
+@functools.cache
+def _flash_attn_problem() -> str | None:
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func  # noqa: F401
+    except Exception as err:  # ImportError, OSError (undefined symbol), RuntimeError from its CUDA checks
+        return one_line(err)
+    return None
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def build_model(preset: str, vocab: Vocab, max_len: int, device: torch.device) -> LlamaForCausalLM:
@@ -212,11 +236,18 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_transformer(directory: str | Path, device: torch.device) -> PreTrainedModel:
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (half the memory traffic, and what flash-attn takes), fp32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_transformer(directory: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """The transformer of a model directory, in the architecture it was saved with (a model
-    started from a pretrained Qwen2 stays a Qwen2)."""
+    started from a pretrained Qwen2 stays a Qwen2), in `dtype` (default: `inference_dtype`; RL,
+    which trains it, asks for fp32 and runs under autocast)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a model this size loads instantly; the bar is noise on stderr
-    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation=attention_implementation(device))
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or inference_dtype(device),
+                                                 attn_implementation=attention_implementation(device))
     return model.to(device).eval()

@@ -1,0 +1,95 @@
+"""The parts of the CUDA path that can be checked without a GPU: which attention runs and why, the
+dtype models load in, and training forwards that build no KV cache."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import _script
+from ugen import model as ugen_model
+from ugen.grpo import RolloutBatch, policy_logits
+
+CUDA = torch.device("cuda")  # a device object needs no GPU; nothing here runs on it
+
+
+@pytest.fixture()
+def fake_flash_attn(monkeypatch):
+    """Install a stand-in `flash_attn` module (working or broken) and forget earlier verdicts."""
+
+    def install(**names):
+        module = types.ModuleType("flash_attn")
+        module.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
+        for name, value in names.items():
+            setattr(module, name, value)
+        monkeypatch.setitem(sys.modules, "flash_attn", module)
+
+    for cached in (ugen_model._flash_attn_problem, ugen_model._say_once):
+        cached.cache_clear()
+    yield install
+    for cached in (ugen_model._flash_attn_problem, ugen_model._say_once):
+        cached.cache_clear()
+
+
+def test_a_flash_attn_that_does_not_load_falls_back_to_sdpa_saying_why_once(fake_flash_attn, capsys):
+    fake_flash_attn()  # found on the path, but without its kernels (as a wheel built for another torch)
+    assert ugen_model.attention_implementation(CUDA) == "sdpa"
+    assert ugen_model.attention_implementation(CUDA) == "sdpa"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "flash-attn is installed but does not load" in lines[0] and "flash_attn_func" in lines[0]
+
+
+def test_a_working_flash_attn_is_used_on_cuda_only(fake_flash_attn, capsys):
+    fake_flash_attn(flash_attn_func=lambda *a: None, flash_attn_varlen_func=lambda *a: None)
+    assert ugen_model.attention_implementation(CUDA) == "flash_attention_2"
+    assert ugen_model.attention_implementation(torch.device("cpu")) == "sdpa"
+    assert capsys.readouterr().err == ""
+
+
+def test_no_flash_attn_is_sdpa_without_a_word(fake_flash_attn, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import fails, find_spec finds nothing
+    monkeypatch.setattr(ugen_model.importlib.util, "find_spec", lambda name: None)
+    assert ugen_model.attention_implementation(CUDA) == "sdpa"
+    assert capsys.readouterr().err == ""
+
+
+def test_inference_loads_bf16_on_cuda_and_fp32_on_cpu(tiny_model_dir):
+    import ugen
+
+    assert ugen_model.inference_dtype(CUDA) == torch.bfloat16
+    assert ugen.load(tiny_model_dir, "cpu").model.dtype == torch.float32
+    assert ugen.load(tiny_model_dir, "cpu", dtype=torch.bfloat16).model.dtype == torch.bfloat16
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in model that records how it was called and returns zero logits."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.calls = vocab, []
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        self.calls.append(kwargs)
+        return types.SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab))
+
+
+def test_training_forwards_build_no_kv_cache(tiny_model_dir):
+    import ugen
+    from ugen.sequences import collate, text_row
+
+    model = _Recorder(vocab=16)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    policy_logits(model, RolloutBatch(ids, torch.ones_like(ids), ids[:, 1:], torch.ones(1, 3, dtype=torch.bool)))
+    assert model.calls[-1]["use_cache"] is False
+
+    vocab = ugen.load(tiny_model_dir, "cpu").vocab
+    model = _Recorder(vocab=vocab.size)
+    batch = collate([text_row(vocab, [1, 2, 3])], vocab.pad, 16)
+    active = torch.ones(vocab.num_image, dtype=torch.bool)
+    _script("train/pretrain.py").batch_loss(model, batch, vocab, active, "cpu", contextlib.nullcontext)
+    assert model.calls[-1]["use_cache"] is False
