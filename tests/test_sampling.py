@@ -1,10 +1,10 @@
-"""The sampling engine: cache equals no cache, greedy is argmax, seeds reproduce, modality holds."""
+"""The sampling engine: static cache = dynamic cache = no cache, greedy is argmax, seeds reproduce, modality holds."""
 
 import pytest
 import torch
 
 from ugen.model import build_model
-from ugen.sampling import Engine, SamplingParams, filter_logits
+from ugen.sampling import CACHES, Engine, SamplingParams, filter_logits
 from ugen.sequences import caption_prompt, t2i_prompt, vqa_prompt
 from ugen.vocab import Vocab
 
@@ -28,16 +28,22 @@ def mixed_prompts():
     ]
 
 
-def test_cached_equals_uncached(engine):
+def test_static_dynamic_and_no_cache_draw_the_same_tokens(engine):
+    """Left padding (prompts of several lengths), greedy and sampled, with and without CFG."""
     prompts = mixed_prompts()
     for params in (SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=5)):
-        a = engine.generate(prompts, max_new_tokens=12, params=params, generator=torch.Generator().manual_seed(1))
-        b = engine.generate(prompts, max_new_tokens=12, params=params, generator=torch.Generator().manual_seed(1), use_cache=False)
-        assert a == b
-    cond = [t2i_prompt(V, [3, 4, 5]), t2i_prompt(V, [9])]
-    uncond = [t2i_prompt(V, None)] * 2
-    kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=0, cfg=3.0), uncond_prompts=uncond, stop_ids=(V.eoi,))
-    assert engine.generate(cond, **kw) == engine.generate(cond, use_cache=False, **kw)
+        drawn = {cache: engine.generate(prompts, max_new_tokens=12, params=params, cache=cache,
+                                        generator=torch.Generator().manual_seed(1)) for cache in CACHES}
+        assert drawn["static"] == drawn["dynamic"] == drawn["none"]
+    cond = [t2i_prompt(V, [3, 4, 5]), t2i_prompt(V, [9]), t2i_prompt(V, [])]
+    uncond = [t2i_prompt(V, None)] * 3
+    for params in (SamplingParams(temperature=0, cfg=3.0), SamplingParams(temperature=0.7, cfg=1.5)):
+        kw = dict(max_new_tokens=GRID * GRID + 1, params=params, uncond_prompts=uncond, stop_ids=(V.eoi,))
+        drawn = {cache: engine.generate(cond, cache=cache, generator=torch.Generator().manual_seed(2), **kw) for cache in CACHES}
+        assert drawn["static"] == drawn["dynamic"] == drawn["none"]
+        assert all(len(row) == GRID * GRID + 1 and row[-1] == V.eoi for row in drawn["static"])
+    with pytest.raises(ValueError, match="cache must be one of"):
+        engine.generate(prompts, max_new_tokens=2, cache="paged")
 
 
 def test_temperature_zero_is_greedy(engine):

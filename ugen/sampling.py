@@ -1,7 +1,7 @@
 """The one sampling engine: every caller (CLI, eval, RL) draws tokens through `Engine.generate`.
 
-Prefill the left-padded prompts once, then decode a token at a time with the KV cache (LlamaGen's
-structure). Modality is enforced on the logits, so even an untrained model emits well-formed
+Prefill the left-padded prompts once, then decode a token at a time with a preallocated (static)
+KV cache (LlamaGen's structure); the prefill computes logits for the last position only. Modality is enforced on the logits, so even an untrained model emits well-formed
 sequences: inside an image span only image ids may be drawn and exactly grid*grid of them, then
 <eoi>; outside it only text ids (less those the vocabulary never emits: a pretrained LM's own
 specials) and the few specials that may follow text. Classifier-free guidance puts the
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from ugen.vocab import Vocab
 
@@ -45,6 +45,9 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
         drop = cumulative - sorted_logits.softmax(-1) >= top_p  # the id that crosses top_p is kept
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
+
+
+CACHES = ("static", "dynamic", "none")  # how `Engine.generate` keeps past keys and values
 
 
 class Engine:
@@ -86,7 +89,7 @@ class Engine:
         stop_ids: tuple[int, ...] | None = None,
         allow_images: bool = False,
         generator: torch.Generator | None = None,
-        use_cache: bool = True,
+        cache: str = "static",
     ) -> list[list[int]]:
         """Continue each prompt; returns the new ids of each row, up to and including its stop id.
 
@@ -107,19 +110,34 @@ class Engine:
             mask[r, length - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): each row counts from its first token
+        # The mask and the output grow by a column a step: allocated once, read through slices.
+        mask = torch.cat([mask, torch.ones((len(rows), max_new_tokens), dtype=torch.long, device=self.device)], dim=1)
+        out = torch.full((n, max_new_tokens), v.pad, dtype=torch.long, device=self.device)
 
         state = [self._image_state(p) for p in prompts]
         in_image = torch.tensor([s[0] for s in state], device=self.device)  # (B,)
         n_codes = torch.tensor([s[1] for s in state], device=self.device)  # (B,)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
-        out = torch.empty((n, 0), dtype=torch.long, device=self.device)
         stops = torch.tensor(stop_ids, device=self.device)
         text_allowed = self.allowed_text_or_image if allow_images else self.allowed_text
-        cache = DynamicCache() if use_cache else None
+        if cache not in CACHES:
+            raise ValueError(f"cache must be one of {CACHES}, not {cache!r}")
+        # static: every layer's keys and values go into buffers sized once for the whole call, so a
+        # step writes one slot instead of concatenating (and a compiled step keeps its shapes);
+        # dynamic: transformers' growing cache; none: recompute everything, the reference.
+        kv = {"static": lambda: StaticCache(config=self.model.config, max_cache_len=length + max_new_tokens),
+              "dynamic": DynamicCache, "none": lambda: None}[cache]()
         step_ids, step_pos = ids, positions
-        for _ in range(max_new_tokens):
+        slots = torch.arange(length, device=self.device)  # the cache slots this step writes
+        steps = 0
+        for step in range(max_new_tokens):
+            if cache == "static":  # the mask covers every slot; causality hides the ones not yet written
+                step_mask, slot_kwargs = mask, {"cache_position": slots}
+            else:
+                step_mask, slot_kwargs = mask[:, : length + step], {}
             logits = self.model(
-                input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache, use_cache=use_cache
+                input_ids=step_ids, attention_mask=step_mask, position_ids=step_pos, past_key_values=kv,
+                use_cache=kv is not None, logits_to_keep=1, **slot_kwargs,  # logits of the next token only
             ).logits[:, -1].float()  # (R, V)
             if guided:
                 cond, uncond = logits[:n], logits[n:]
@@ -129,7 +147,8 @@ class Engine:
             logits = logits.masked_fill(~allowed, float("-inf"))
             token = self._draw(logits, params, generator)  # (B,)
             token = torch.where(done, torch.full_like(token, v.pad), token)
-            out = torch.cat([out, token[:, None]], dim=1)
+            out[:, step] = token
+            steps = step + 1
 
             is_code = in_image & (token >= v.image_start)
             n_codes = torch.where(token == v.boi, 0, n_codes + is_code.long())
@@ -139,15 +158,15 @@ class Engine:
                 break
 
             new = torch.cat([token, token[: len(rows) - n]])[:, None]  # (R, 1): uncond rows follow cond
-            mask = torch.cat([mask, torch.ones_like(new)], dim=1)
-            if use_cache:
+            slots = slots[-1:] + 1
+            if kv is not None:
                 step_ids, step_pos = new, step_pos[:, -1:] + 1
             else:  # recompute everything: the reference the cached path is tested against
                 step_ids = torch.cat([step_ids, new], dim=1)
                 step_pos = torch.cat([step_pos, step_pos[:, -1:] + 1], dim=1)
 
         results = []
-        for row in out.tolist():
+        for row in out[:, :steps].tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
             results.append(row[:cut])
         return results

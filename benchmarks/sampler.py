@@ -1,0 +1,125 @@
+"""Sampling speed: ugen's engine against `transformers` `generate` on the same weights and work.
+
+    python benchmarks/sampler.py --model runs/default/model          # after `make pretrain`
+
+The work: text-to-image for 16 prompts, one image each, CFG 1.5, temperature 0.7, on 2 CPU
+threads (or the GPU with --device cuda). Three ways to draw it:
+- the engine (`UGen.draw_codes`): conditional and unconditional rows in one batch, static KV cache;
+- the engine with transformers' growing DynamicCache, and without a KV cache (every step
+  recomputes the whole sequence);
+- `model.generate(guidance_scale=1.5)` with a logits processor that allows image ids only, which is
+  how transformers does CFG (the unconditional pass is a second, unbatched forward).
+Each is timed as the median of --repeats runs after a warm-up; the figures and the speed-ups
+append to benchmarks/results.jsonl with the device named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+import ugen
+from ugen.sampling import SamplingParams
+from ugen.sequences import t2i_prompt
+
+RESULTS = Path(__file__).with_name("results.jsonl")
+COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown")
+SHAPES = ("circle", "square")
+
+
+class ImageIdsOnly(LogitsProcessor):
+    """Inside the image span only image ids may be drawn: the engine's modality constraint."""
+
+    def __init__(self, allowed: torch.Tensor):
+        self.allowed = allowed
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.masked_fill(~self.allowed, float("-inf"))
+
+
+def timed(run, repeats: int, device: torch.device) -> float:
+    run()  # warm-up
+    seconds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - began)
+    return statistics.median(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="runs/default/model", help="a model directory")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts, one image each")
+    parser.add_argument("--cfg", type=float, default=1.5)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = ugen.load(args.model, args.device)
+    device, vocab, n = model.device, model.vocab, model.image_len
+    texts = [f"a {COLORS[i % len(COLORS)]} {SHAPES[(i // len(COLORS)) % len(SHAPES)]}" for i in range(args.prompts)]
+    captions = [model.text.encode(t) for t in texts]
+    params = SamplingParams(args.temperature, 0, 1.0, args.cfg)
+
+    def engine(cache: str = "static"):
+        generator = torch.Generator(device).manual_seed(0)
+        prompts = [t2i_prompt(vocab, c) for c in captions]
+        uncond = [t2i_prompt(vocab, None)] * len(prompts)
+        return model.engine.generate(prompts, params=params, generator=generator, uncond_prompts=uncond,
+                                     max_new_tokens=n + 1, stop_ids=(vocab.eoi,), cache=cache)
+
+    # transformers' generate: left-padded conditional prompts, the unconditional prompt as negative_prompt_ids
+    prompts = [t2i_prompt(vocab, c) for c in captions]
+    length = max(map(len, prompts))
+    input_ids = torch.tensor([[vocab.pad] * (length - len(p)) + p for p in prompts], device=device)
+    attention_mask = (torch.arange(length, device=device)[None] >= torch.tensor([length - len(p) for p in prompts], device=device)[:, None]).long()
+    negative = torch.tensor([t2i_prompt(vocab, None)] * len(prompts), device=device)
+    allowed = torch.zeros(vocab.size, dtype=torch.bool, device=device)
+    allowed[vocab.image_start:] = True
+
+    def hf_generate():
+        torch.manual_seed(0)
+        return model.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, guidance_scale=args.cfg,
+            negative_prompt_ids=negative, negative_prompt_attention_mask=torch.ones_like(negative),
+            logits_processor=LogitsProcessorList([ImageIdsOnly(allowed)]), do_sample=True,
+            temperature=args.temperature, top_k=0, top_p=1.0, max_new_tokens=n, min_new_tokens=n,
+            pad_token_id=vocab.pad, eos_token_id=vocab.eoi)
+
+    drawn = hf_generate()[:, length:]
+    assert drawn.shape == (len(prompts), n) and bool((drawn >= vocab.image_start).all()), "generate drew other ids"
+    seconds = {
+        "engine": timed(engine, args.repeats, device),
+        "engine_dynamic_cache": timed(lambda: engine("dynamic"), args.repeats, device),
+        "engine_no_cache": timed(lambda: engine("none"), args.repeats, device),
+        "hf_generate_cfg": timed(hf_generate, args.repeats, device),
+    }
+    result = {
+        "benchmark": "sampler", "model": args.model, "device": str(device) if device.type == "cuda" else f"cpu ({args.threads} threads)",
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "torch": torch.__version__,
+        "prompts": len(prompts), "codes_per_image": n, "cfg": args.cfg, "temperature": args.temperature,
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+        "speedup_vs_generate": round(seconds["hf_generate_cfg"] / seconds["engine"], 2),
+        "speedup_vs_no_cache": round(seconds["engine_no_cache"] / seconds["engine"], 2),
+        "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/sampler.py --model " + args.model,
+    }
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
