@@ -1,10 +1,11 @@
 """The one sampling engine: every caller (CLI, eval, RL) draws tokens through `Engine.generate`.
 
 Prefill the left-padded prompts once, then decode a token at a time with a preallocated (static)
-KV cache (LlamaGen's structure); the prefill computes logits for the last position only. Modality is enforced on the logits, so even an untrained model emits well-formed
-sequences: inside an image span only image ids may be drawn and exactly grid*grid of them, then
-<eoi>; outside it only text ids (less those the vocabulary never emits: a pretrained LM's own
-specials) and the few specials that may follow text. Classifier-free guidance puts the
+KV cache (LlamaGen's structure); the prefill computes logits for the last position only. Modality
+is enforced on the logits, so even an untrained model emits well-formed sequences: inside an
+image span only image ids may be drawn and exactly grid*grid of them, then <eoi>; outside it only
+text ids (less those the vocabulary never emits: a pretrained LM's own specials) and the few
+specials that may follow text. Classifier-free guidance puts the
 conditional and unconditional rows in one batch and mixes `u + s * (c - u)`.
 """
 
