@@ -28,6 +28,8 @@ import ugen
 from ugen.sampling import SamplingParams
 from ugen.sequences import t2i_prompt
 
+from speed import device_name, sync  # benchmarks/ is the script's directory, first on sys.path
+
 RESULTS = Path(__file__).with_name("results.jsonl")
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown")
 SHAPES = ("circle", "square")
@@ -47,12 +49,10 @@ def timed(run, repeats: int, device: torch.device) -> float:
     run()  # warm-up
     seconds = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         began = time.perf_counter()
         run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         seconds.append(time.perf_counter() - began)
     return statistics.median(seconds)
 
@@ -108,8 +108,7 @@ def main() -> None:
         "hf_generate_cfg": timed(hf_generate, args.repeats, device),
     }
     result = {
-        "benchmark": "sampler", "model": args.model, "device": str(device) if device.type == "cuda" else f"cpu ({args.threads} threads)",
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "torch": torch.__version__,
+        "benchmark": "sampler", "model": args.model, "device": device_name(device), "torch": torch.__version__,
         "prompts": len(prompts), "codes_per_image": n, "cfg": args.cfg, "temperature": args.temperature,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
         "speedup_vs_generate": round(seconds["hf_generate_cfg"] / seconds["engine"], 2),

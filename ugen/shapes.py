@@ -558,5 +558,4 @@ def make_texts(split: str, n: int, seed: int = 0) -> list[tuple[Scene, Texts]]:
 
 def make_examples(split: str, n: int, seed: int = 0, image_size: int = IMAGE_SIZE) -> list[Example]:
     """`make_texts` with each scene rendered at `image_size`: a small set held in memory (the eval's)."""
-    return [Example(image=render(scene, image_size), caption=t.caption, prompts=t.prompts, qa=t.qa, passage=t.passage,
-                    scene=scene) for scene, t in make_texts(split, n, seed)]
+    return [Example.of(render(scene, image_size), t, scene) for scene, t in make_texts(split, n, seed)]

@@ -48,6 +48,10 @@ class Example:
     passage: str | None = None
     scene: Any = None  # ugen.shapes.Scene for Shapes, None for other data
 
+    @classmethod
+    def of(cls, image: np.ndarray, texts: Texts, scene: Any = None) -> Example:
+        return cls(image=image, caption=texts.caption, prompts=texts.prompts, qa=texts.qa, passage=texts.passage, scene=scene)
+
 
 # ---------------------------------------------------------------------------------------------
 # Loading: the Shapes world or any image-caption data set that `datasets` can open
@@ -113,11 +117,11 @@ def default_image_size(data: str) -> int:
     return 256
 
 
-def open_split(args: argparse.Namespace, split: str, image_size: int | None = None) -> Source:
+def open_split(args: argparse.Namespace, split: str) -> Source:
     """`open_source` with the flags of `add_data_args` (--num-train for train, --num-val otherwise)."""
     num = args.num_train if split == "train" else args.num_val
     return open_source(args.data, split, image_column=args.image_column, text_column=args.text_column,
-                       image_size=image_size or args.image_size or default_image_size(args.data), num=num, seed=args.seed,
+                       image_size=args.image_size or default_image_size(args.data), num=num, seed=args.seed,
                        streaming=getattr(args, "streaming", False))
 
 
@@ -163,6 +167,7 @@ def load_examples(data: str, split: str, *, num: int | None = None, **kwargs) ->
 
 
 CHUNK = 256  # rows decoded at once: bounded memory whatever the data set's size
+DECODE_THREADS = 4  # images decode in parallel: PIL releases the GIL while it decodes and resizes
 
 
 class Source:
@@ -204,8 +209,7 @@ class Source:
         image = self.image(i) if image is None else image
         if image is None:
             return None
-        t = texts or self.texts(i)
-        return Example(image=image, caption=t.caption, prompts=t.prompts, qa=t.qa, passage=t.passage, scene=self.scene(i))
+        return Example.of(image, texts or self.texts(i), self.scene(i))
 
     def examples(self) -> list[Example]:
         """Every readable row in memory: for small splits only (a test set, validation images)."""
@@ -217,9 +221,9 @@ class Source:
 
     def chunks(self, size: int | None = None) -> Iterator[list[tuple[int, Texts, np.ndarray]]]:
         """Every readable row in order as (row, texts, image), `size` rows at a time; unreadable
-        images are counted in `skipped`. Images decode on a few threads (PIL releases the GIL)."""
+        images are counted in `skipped`."""
         size, unreadable = size or CHUNK, 0
-        with ThreadPoolExecutor(4) as pool:
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
             for start in range(0, len(self), size):
                 rows = range(start, min(start + size, len(self)))
                 images = list(pool.map(self.image, rows))
@@ -337,7 +341,7 @@ def image_batches(source: Source, batch_size: int, generator: torch.Generator, s
 
     if source.random_access:
         n = len(source)
-        with ThreadPoolExecutor(4) as pool:
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
             while True:
                 images = list(pool.map(source.image, torch.randint(n, (batch_size,), generator=generator).tolist()))
                 for k in range(len(images)):
