@@ -28,11 +28,15 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 TINY_DATA = ["--num-train", "200", "--num-val", "40"]
 
 
-def run_script(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a stage script by path, as a user would (`tokenizers/` must not be imported)."""
+def run_script(script: str, *args: str, check: bool = True, processes: int = 1) -> subprocess.CompletedProcess:
+    """Run a stage script by path, as a user would (`tokenizers/` must not be imported); with
+    `processes` > 1 under torchrun, on this machine."""
     # Two threads, or the suite's own setting (`make test` runs two workers at one thread each).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    result = subprocess.run([*launcher, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -77,7 +81,7 @@ def tiny_run(tmp_path_factory) -> Path:
     run_script("tokenizers/train_vq.py", "--out", str(run / "vq"), "--steps", "20", "--batch-size", "16",
                *TINY_DATA, "--wandb", "disabled")
     run_script("tokenizers/train_text.py", "--out", str(run / "text"), *TINY_DATA)
-    run_script("train/pretrain.py", "--run-dir", str(run), "--steps", "6", "--batch-size", "8", "--warmup", "2",
+    run_script("train/pretrain.py", "--run-dir", str(run), "--steps", "6", "--batch-tokens", "512", "--warmup", "2",
                "--text-only-steps", "2", "--eval-every", "3", "--checkpoint-every", "3", *TINY_DATA,
                "--wandb", "disabled")
     return run

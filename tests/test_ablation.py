@@ -27,7 +27,7 @@ def test_ablation_runs_end_to_end_and_skips_finished_runs(tiny_run, tmp_path):
     shutil.copytree(tiny_run / "vq", root / "vq")  # shared tokenizers: the driver trains none
     shutil.copytree(tiny_run / "text", root / "text")
     args = ["--root", str(root), "--seeds", "0", "1", "--steps", "3", "--jobs", "2",
-            "--pretrain-args", " ".join([*TINY_DATA, "--batch-size", "4", "--text-only-steps", "1", "--eval-every", "3"]),
+            "--pretrain-args", " ".join([*TINY_DATA, "--batch-tokens", "256", "--text-only-steps", "1", "--eval-every", "3"]),
             "--eval-args", "--num-test 6 --num-reconstruct 2 --images-per-prompt 1 --prompts-per-task 2"]
     first = run_script("eval/ablation.py", *args)
     assert "progressive vs vanilla" in first.stdout and (root / "ablation.md").is_file()

@@ -75,12 +75,12 @@ class _Recorder(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
         self.calls.append(kwargs)
-        return types.SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab))
+        return types.SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab, requires_grad=True))
 
 
 def test_training_forwards_build_no_kv_cache(tiny_model_dir):
     import ugen
-    from ugen.sequences import collate, text_row
+    from ugen.sequences import collate, pack, text_row
 
     model = _Recorder(vocab=16)
     ids = torch.tensor([[1, 2, 3, 4]])
@@ -88,8 +88,13 @@ def test_training_forwards_build_no_kv_cache(tiny_model_dir):
     assert model.calls[-1]["use_cache"] is False
 
     vocab = ugen.load(tiny_model_dir, "cpu").vocab
-    model = _Recorder(vocab=vocab.size)
-    batch = collate([text_row(vocab, [1, 2, 3])], vocab.pad, 16)
+    pretrain = _script("train/pretrain.py")
+    dist = pretrain.Distributed(torch.device("cpu"))
     active = torch.ones(vocab.num_image, dtype=torch.bool)
-    _script("train/pretrain.py").batch_loss(model, batch, vocab, active, "cpu", contextlib.nullcontext)
+    model = _Recorder(vocab=vocab.size)
+    batch = {**pack([[text_row(vocab, [1, 2, 3])]], 8, vocab.pad), "active": active, "targets": 3}
+    pretrain.forward_backward(model, model, batch, 1, vocab, dist, contextlib.nullcontext)
+    assert model.calls[-1]["use_cache"] is False
+    validation = {"text": collate([text_row(vocab, [1, 2, 3])], vocab.pad, 16)}
+    pretrain.validation_losses(model, validation, vocab, active, "cpu", contextlib.nullcontext, dist)
     assert model.calls[-1]["use_cache"] is False

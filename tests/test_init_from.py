@@ -165,7 +165,7 @@ def trained(request, lm_dirs, tiny_run, tmp_path_factory):
     """(family, the LM's directory, the model directory of a few --init-from pretraining steps)."""
     run = tmp_path_factory.mktemp(f"init-{request.param}")
     run_script("train/pretrain.py", "--run-dir", str(run), "--init-from", str(lm_dirs[request.param]), "--vq", str(tiny_run / "vq"),
-               "--steps", "4", "--batch-size", "4", "--warmup", "1", "--text-only-steps", "1", "--eval-every", "2",
+               "--steps", "4", "--batch-tokens", "256", "--warmup", "1", "--text-only-steps", "1", "--eval-every", "2",
                "--checkpoint-every", "2", *TINY_DATA, "--wandb", "disabled")
     return request.param, lm_dirs[request.param], run / "model"
 

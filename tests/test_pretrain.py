@@ -23,8 +23,8 @@ def losses(run):
 @pytest.mark.slow
 def test_killed_run_resumes_with_the_same_losses(tiny_run, tmp_path):
     common = ["--vq", str(tiny_run / "vq"), "--text-tokenizer", str(tiny_run / "text" / "text.model"),
-              "--steps", "40", "--batch-size", "8", "--warmup", "4", "--text-only-steps", "3",
-              "--vocab-full-at", "0.5", "--checkpoint-every", "8", "--eval-every", "1000", *TINY_DATA, "--wandb", "disabled"]
+              "--steps", "40", "--batch-tokens", "512", "--warmup", "4", "--text-only-steps", "3",
+              "--vocab-full-at", "0.5", "--checkpoint-every", "8", "--log-every", "1", "--eval-every", "1000", *TINY_DATA, "--wandb", "disabled"]
     run_script("train/pretrain.py", "--run-dir", str(tmp_path / "full"), *common)
 
     killed = tmp_path / "killed"
@@ -63,7 +63,7 @@ def test_pretrain_on_an_imagefolder(tiny_run, tmp_path):
     data = ["--data", str(folder), "--text-column", "caption"]
     run_script("tokenizers/train_text.py", "--out", str(tmp_path / "text"), "--vocab-size", "300", *data)
     result = run_script("train/pretrain.py", "--run-dir", str(tmp_path / "run"), "--vq", str(tiny_run / "vq"),
-                        "--text-tokenizer", str(tmp_path / "text" / "text.model"), "--steps", "4", "--batch-size", "4",
+                        "--text-tokenizer", str(tmp_path / "text" / "text.model"), "--steps", "4", "--batch-tokens", "256",
                         "--text-only-steps", "1", "--eval-every", "2", "--wandb", "disabled", *data)
     assert "train: skipped 1 rows (empty text or unreadable image)" in result.stderr
     model = tmp_path / "run" / "model"
@@ -93,7 +93,7 @@ def test_max_minutes_counts_from_started_at_and_still_writes_a_model(tiny_run, t
     """`make pretrain` passes its own start, so time the tokenizers took counts against the budget."""
     result = run_script("train/pretrain.py", "--run-dir", str(tmp_path), "--vq", str(tiny_run / "vq"),
                         "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--steps", "50", "--text-only-steps", "3",
-                        "--batch-size", "8", *TINY_DATA, "--wandb", "disabled", "--max-minutes", "1", "--started-at", str(time.time() - 61))
+                        "--batch-tokens", "512", *TINY_DATA, "--wandb", "disabled", "--max-minutes", "1", "--started-at", str(time.time() - 61))
     assert "--max-minutes reached at step 0" in result.stderr
     assert read_meta(tmp_path / "model")["step"] == 0
 
@@ -110,8 +110,8 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
 
 def _pretrain(capsys, tiny_run, run_dir, *extra, check=True):
     result = run_in_process(capsys, "train/pretrain.py", "--run-dir", str(run_dir), "--vq", str(tiny_run / "vq"),
-                            "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--steps", "4", "--batch-size", "4",
-                            "--warmup", "1", "--text-only-steps", "1", "--checkpoint-every", "2", "--eval-every", "100",
+                            "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--steps", "4", "--batch-tokens", "256",
+                            "--warmup", "1", "--text-only-steps", "1", "--checkpoint-every", "2", "--eval-every", "100", "--log-every", "1",
                             *TINY_DATA, "--wandb", "disabled", *extra)
     assert not check or result.returncode == 0, result.stderr[-3000:]
     return result

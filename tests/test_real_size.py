@@ -24,7 +24,7 @@ def test_every_stage_at_128_px(tmp_path):
     assert "vq:" in vq.stdout
     assert json.loads((run / "vq" / "vq.json").read_text())["channels"] == [16, 32, 64, 128]
     run_script("tokenizers/train_text.py", "--out", str(run / "text"), *DATA)
-    run_script("train/pretrain.py", "--run-dir", str(run), "--steps", "3", "--batch-size", "4", "--warmup", "1",
+    run_script("train/pretrain.py", "--run-dir", str(run), "--steps", "3", "--batch-tokens", "256", "--warmup", "1",
                "--text-only-steps", "1", "--eval-every", "3", *DATA, "--wandb", "disabled")
 
     model = ugen.load(run / "model", "cpu")

@@ -1,7 +1,11 @@
 """Sequence formats: markers in the right places and loss only on what the task produces."""
 
 import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
 
+from ugen.model import build_model
 from ugen.sequences import (
     IGNORE,
     TEXT_TASKS,
@@ -9,6 +13,7 @@ from ugen.sequences import (
     TokenizedExample,
     caption_row,
     collate,
+    pack,
     t2i_row,
     text_qa_row,
     text_row,
@@ -68,3 +73,60 @@ def test_sampler_is_a_function_of_the_generator_and_honours_the_mixture():
     no_qa = [TokenizedExample(CODES, [1], [[2]], [], [6]) for _ in range(4)]
     only = RowSampler(no_qa, V, {"vqa": 1, "text_qa": 1, "caption": 1}, 0.0)
     assert {r.task for r in only.rows(np.random.default_rng(0), 16)} == {"caption"}
+
+
+def test_pack_lays_rows_end_to_end_with_positions_restarting():
+    a, b, c = text_row(V, [1]), caption_row(V, CODES, [5]), text_row(V, [2, 3])  # 3, 10 and 4 tokens
+    batch = pack([[a, b], [c]], 14, V.pad)
+    assert batch["input_ids"][0].tolist() == [*a.ids, *b.ids, V.pad]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, *range(10), 0]
+    assert batch["position_ids"][1].tolist() == [0, 1, 2, 3, *range(10)]
+    # targets: row a's two, row b's caption and <eos>; none across the boundary or in the tail
+    assert batch["labels"][0].tolist() == [V.text_start + 1, V.eos, *[IGNORE] * 8, V.text_start + 5, V.eos, IGNORE, IGNORE]
+    assert batch["labels"][1].tolist()[:4] == [V.text_start + 2, V.text_start + 3, V.eos, IGNORE]
+    with pytest.raises(ValueError, match="13 tokens, more than 8"):
+        pack([[a, b]], 8, V.pad)
+
+
+def test_packed_rows_give_the_same_loss_per_row_as_each_row_alone():
+    """Attention must not cross rows and positions must restart: each row's summed loss inside a
+    packed batch equals that row run on its own, unpadded."""
+    torch.manual_seed(0)
+    model = build_model("tiny", V, 64, torch.device("cpu")).eval()
+    rows = [text_row(V, [1, 2, 3]), caption_row(V, CODES, [5, 6]), t2i_row(V, [6], CODES),
+            vqa_row(V, CODES, [3], [4]), text_qa_row(V, [1, 2], [3], [4, 5])]
+    bins = [rows[:2], rows[2:]]
+    packed = pack(bins, 32, V.pad)
+    with torch.no_grad():
+        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+    per_token = F.cross_entropy(logits.flatten(0, 1), packed["labels"].flatten(), ignore_index=IGNORE,
+                                reduction="none").view(packed["labels"].shape)  # (S, L)
+    for s, rows_in_bin in enumerate(bins):
+        start = 0
+        for row in rows_in_bin:
+            alone = collate([row], V.pad, 64)
+            with torch.no_grad():
+                single = model(input_ids=alone["input_ids"], use_cache=False).logits
+            expected = F.cross_entropy(single[0], alone["labels"][0], ignore_index=IGNORE, reduction="sum")
+            got = per_token[s, start : start + len(row.ids)].sum()
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (row.task, got, expected)
+            start += len(row.ids)
+    assert int((packed["labels"] != IGNORE).sum()) == sum(len(trained_targets(r)) for r in rows)
+
+
+def test_fill_packs_rows_first_fit_until_one_fits_nowhere():
+    examples = [TokenizedExample(CODES, [1] * (i % 7), [[2]], [], [6] * (3 + i % 11)) for i in range(20)]
+    sampler = RowSampler(examples, V, {"text": 1, "caption": 1, "t2i": 1}, caption_dropout=0.0)
+    bins = sampler.fill(np.random.default_rng(3), 4, 24)
+    assert all(sum(len(r.ids) for r in b) <= 24 for b in bins)
+    # the same draw, row by row: every drawn row is packed in order until the first that fits nowhere
+    rng, drawn = np.random.default_rng(3), []
+    while True:
+        drawn.append(sampler.rows(rng, 1)[0])
+        if len(drawn) > sum(map(len, bins)):
+            break
+    packed = [r.ids for b in bins for r in b]
+    assert sorted(packed) == sorted(r.ids for r in drawn[:-1])
+    free = [24 - sum(len(r.ids) for r in b) for b in bins]
+    assert len(drawn[-1].ids) > max(free), "the dropped row fit somewhere"
+    assert sum(free) < 24, "bins are mostly full"

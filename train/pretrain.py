@@ -8,8 +8,15 @@
 Reads the tokenizers from the run directory (`RUN/vq`, `RUN/text/text.model`, written by the
 scripts in `tokenizers/`), caches the VQ codes of the data once, trains, checkpoints every N steps
 (`--resume` continues with the same data order, schedule state and RNG), and writes the model
-directory `RUN/model`. Per-task validation loss, tokens/s and the active image ids are logged to
-wandb (offline by default) and the progress bar.
+directory `RUN/model`. Per-task validation loss, tokens/s, MFU (on a GPU of known peak) and the
+active image ids are logged to wandb (offline by default), RUN/metrics.jsonl and the progress bar.
+
+Each step's rows are packed end to end into `--batch-tokens / --max-len` sequences of `--max-len`
+tokens (`ugen.sequences.pack`): every step has the same shape, padding is only each sequence's
+unfilled tail, and attention never crosses rows. The step's batch is a function of (seed, step),
+drawn whole and split between processes, so any number of processes, and any `--micro-batch`
+(gradient accumulation), trains on the same rows with the same mean loss. It is prepared on a
+thread while the previous step runs; metrics stay on the device between `--log-every` steps.
 
 `--init-from DIR` starts from any Hugging Face causal LM instead of a preset: its architecture,
 weights and (unless `--text-tokenizer` says otherwise) its tokenizer. The unified vocabulary is
@@ -20,10 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +48,22 @@ from ugen.model import (
     num_params,
     save_model_dir,
 )
-from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything
+from ugen.runtime import Deadline, add_common_args, init_wandb, peak_flops, pick_device, run_main, seed_everything
 from ugen.schedule import build_schedule
-from ugen.sequences import TASKS, TEXT_TASKS, RowSampler, apply_active_vocab, collate
+from ugen.sequences import IGNORE, TASKS, TEXT_TASKS, RowSampler, apply_active_vocab, collate
 from ugen.text_tokenizer import load_text_tokenizer
 from ugen.training import (
+    Distributed,
     MetricsLog,
+    Throughput,
     add_run_dir_args,
     claim_run_dir,
+    forward_backward,
     make_optimizer,
     resume,
     save_checkpoint,
     split_codes,
+    step_batch,
     warmup_cosine,
 )
 from ugen.vocab import Vocab
@@ -79,12 +89,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="start from this Hugging Face causal LM (AutoModelForCausalLM: Llama, Qwen2, Mistral, ...) "
                             "and its tokenizer instead of a --preset")
     model.add_argument("--max-len", type=int, default=None,
-                       help=f"longest row in tokens, texts clipped to fit (default: the image's codes + {TEXT_ROOM}, "
-                            "128 for Shapes' 6x6 codes)")
+                       help=f"longest row in tokens, texts clipped to fit, and the length rows are packed into "
+                            f"(default: the image's codes + {TEXT_ROOM}, 128 for Shapes' 6x6 codes)")
 
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=1200, help="optimizer steps")
-    train.add_argument("--batch-size", type=int, default=48, help="rows per step (over all processes)")
+    train.add_argument("--batch-tokens", type=int, default=3072,
+                       help="tokens per optimizer step over all processes, packed into sequences of --max-len: "
+                            "3072 is 24 sequences of 128, about 50 Shapes rows")
+    train.add_argument("--micro-batch", type=int, default=None,
+                       help="sequences per forward/backward on each process (default: its whole share); fewer "
+                            "accumulate gradients over several passes: the same step in less memory")
     train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
     train.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
@@ -111,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     vocab.add_argument("--vocab-every", type=int, default=None, help="k: steps between switches (default: derived)")
 
     log = parser.add_argument_group("logging and checkpoints")
+    log.add_argument("--log-every", type=int, default=10,
+                     help="steps between training-loss lines (each waits for the device once)")
     log.add_argument("--eval-every", type=int, default=200, help="steps between per-task validation losses")
     log.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     add_run_dir_args(log)
@@ -131,45 +148,6 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-class Distributed:
-    """torchrun gives RANK/WORLD_SIZE; one process is the same code path with world size 1."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = device
-        if self.world > 1:
-            if device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.world == 1:
-            return model
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
-
-    def any(self, flag: bool) -> bool:
-        """True on every process when it is true on one (so that all stop at the same step)."""
-        if self.world == 1:
-            return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return bool(value.item())
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.world > 1:
-            torch.distributed.destroy_process_group()
-
-
 def validation_batches(sampler: RowSampler, vocab: Vocab, max_len: int, seed: int) -> dict[str, dict]:
     """Fixed rows per task from the validation split, the same at every evaluation."""
     rng = np.random.default_rng([seed, 7])
@@ -180,21 +158,22 @@ def validation_batches(sampler: RowSampler, vocab: Vocab, max_len: int, seed: in
     }
 
 
-def batch_loss(model, batch: dict, vocab: Vocab, active: torch.Tensor, device, autocast) -> torch.Tensor:
-    """Loss of one collated batch under the active image ids (NaN when no target is active)."""
-    batch = {k: v.to(device) for k, v in apply_active_vocab(batch, vocab, active).items()}
-    with autocast():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return masked_loss(logits, batch["labels"], vocab, active)
-
-
 @torch.no_grad()
-def validation_losses(model, batches: dict[str, dict], vocab: Vocab, active: torch.Tensor, device, autocast) -> dict[str, float]:
-    """Per-task loss under the current active set; a task with no active target is left out."""
+def validation_losses(model, batches: dict[str, dict], vocab: Vocab, active: torch.Tensor, device, autocast,
+                      dist: Distributed) -> dict[str, float]:
+    """Per-task loss under the current active set, each process scoring its share of the rows; a
+    task with no active target is left out."""
     model.eval()
-    losses = {task: batch_loss(model, batch, vocab, active, device, autocast).item() for task, batch in batches.items()}
+    totals = []
+    for batch in batches.values():
+        share = {k: v[dist.rank :: dist.world].to(device) for k, v in apply_active_vocab(batch, vocab, active).items()}
+        with autocast():
+            logits = model(input_ids=share["input_ids"], attention_mask=share["attention_mask"], use_cache=False).logits
+        loss = masked_loss(logits, share["labels"], vocab, active, reduction="sum")
+        totals.append(torch.stack([loss, (share["labels"] != IGNORE).sum().float()]))
+    totals = dist.sum(torch.stack(totals)).tolist() if totals else []  # one wait for the device
     model.train()
-    return {task: loss for task, loss in losses.items() if not math.isnan(loss)}
+    return {task: loss / count for task, (loss, count) in zip(batches, totals) if count > 0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,8 +181,6 @@ def main(argv: list[str] | None = None) -> None:
     run = Path(args.run_dir)
     dist = Distributed(pick_device(args.device))
     device = dist.device
-    if args.batch_size % dist.world:
-        raise UserError(f"--batch-size {args.batch_size} must divide by the {dist.world} processes")
     if not 0 <= args.text_only_steps < args.steps:
         raise UserError(f"--text-only-steps {args.text_only_steps} must be at least 0 and fewer than --steps {args.steps}")
     claim_run_dir(run / "checkpoints", args.resume, args.overwrite, remove=dist.main)
@@ -227,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     _, train_rows = split_codes(args, "train", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     _, val_rows = split_codes(args, "validation", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     del image_tokenizer  # the transformer trains on codes only
+    sequences, per_process, micro = batch_shape(args, dist.world)
     sampler = RowSampler(train_rows, vocab, args.mix, args.caption_dropout)
     if args.text_only_steps and not any(sampler.weights[TASKS.index(t)] > 0 for t in TEXT_TASKS):
         raise UserError(f"--text-only-steps {args.text_only_steps} needs a text task ({', '.join(TEXT_TASKS)}) "
@@ -246,72 +224,90 @@ def main(argv: list[str] | None = None) -> None:
         model = build_model(args.preset, vocab, args.max_len, device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
-    config = vars(args) | {"vocab": vocab.to_dict(), "world_size": dist.world}
+    config = vars(args) | {"vocab": vocab.to_dict()}  # the process count is not in it: any count trains the same
 
     state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler,
                    {"config": config, "schedule": schedule.to_dict()}, log=dist.main)
     start = state["step"] if state else 0  # the schedule is a function of the step: resume checked it is the same
 
-    if dist.main:  # one JSON line per step: loss, lr, active ids, validation losses
+    if dist.main:  # one JSON line per --log-every steps: loss, lr, active ids, speed, validation losses
         metrics = MetricsLog(run / "metrics.jsonl", start)
 
-    train_model = dist.wrap(model)
+    wrapped = dist.wrap(model)
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    if use_compile:
-        train_model = torch.compile(train_model)
+    train_model = torch.compile(wrapped) if use_compile else wrapped  # packed batches: one shape, one compile
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     wandb_run = init_wandb(args.wandb if dist.main else "disabled", run, "ugen-pretrain", config)
     if dist.main:
         print(f"model: {args.init_from or args.preset}, {num_params(model) / 1e6:.2f}M parameters, vocab {vocab.size} "
               f"({vocab.num_text} text, {vocab.num_image} image), schedule {schedule.kind} "
-              f"(m={schedule.ids_per_add}, k={schedule.add_every}, all active at step {schedule.full_step()})", file=sys.stderr)
+              f"(m={schedule.ids_per_add}, k={schedule.add_every}, all active at step {schedule.full_step()}); "
+              f"batch {sequences} x {args.max_len} tokens, {per_process // micro} micro-batch(es) of {micro} on each "
+              f"of {dist.world} process(es)", file=sys.stderr)
 
     # -- the loop -----------------------------------------------------------------------------
-    local_batch = args.batch_size // dist.world
-    tokens_seen, loss_value, val = 0, float("nan"), {}
+    def prepare(step: int) -> dict:
+        """This process's share of the step's batch, on a worker thread while the step before runs."""
+        batch = step_batch(sampler, vocab, schedule, args.seed, step, sequences, args.max_len)
+        mine = slice(dist.rank * per_process, (dist.rank + 1) * per_process)
+        for key in ("input_ids", "labels", "position_ids"):
+            batch[key] = batch[key][mine].pin_memory() if device.type == "cuda" else batch[key][mine]
+        return batch
+
+    speed = Throughput(dist.world, flops_per_token(model, args.max_len), peak_flops(device))
+    window_loss, window_steps = torch.zeros((), device=device), 0  # summed on the device, read at log steps
+    loss_value, val, shown = float("nan"), {}, {}
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="pretrain", disable=not dist.main)
     step = start
-    tick = time.monotonic()
-    for step in bar:
-        if dist.any(deadline.expired()):
-            if dist.main:
-                print(f"--max-minutes reached at step {step}: stopping", file=sys.stderr)
-            break
-        rng = np.random.default_rng([args.seed, step, dist.rank])  # data order is a function of the step
-        tasks = TEXT_TASKS if schedule.phase(step) == 0 else None
-        batch = collate(sampler.rows(rng, local_batch, tasks), vocab.pad, args.max_len)
-        active = schedule.active_codes(step)
-        loss = batch_loss(train_model, batch, vocab, active, device, autocast)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip) if args.grad_clip > 0 else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(prepare, start)
+        for step in bar:
+            if step % args.log_every == 0 and dist.any(deadline.expired()):
+                if dist.main:
+                    print(f"--max-minutes reached at step {step}: stopping", file=sys.stderr)
+                break
+            batch = ahead.result()
+            if step + 1 < args.steps:
+                ahead = pool.submit(prepare, step + 1)
+            active = batch["active"]
+            window_loss += forward_backward(train_model, wrapped, batch, micro, vocab, dist, autocast)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip) if args.grad_clip > 0 else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            speed.add(batch["tokens"])
+            window_steps += 1
 
-        loss_value = loss.item()
-        tokens_seen += int(batch["attention_mask"].sum()) * dist.world
-        done = step + 1
-        if not np.isfinite(loss_value):
-            raise RuntimeError(f"loss is {loss_value} at step {step}; lower --lr or check the data")
-        logs = {"train/loss": loss_value, "lr": scheduler.get_last_lr()[0], "active_image_ids": int(active.sum())}
-        if grad_norm is not None:
-            logs["grad_norm"] = float(grad_norm)
-        if done % args.eval_every == 0 or done == args.steps:
-            val = validation_losses(model, val_batches, vocab, active, device, autocast)
-            logs |= {f"val/{task}": v for task, v in val.items()}
-            elapsed = time.monotonic() - tick
-            logs["tokens_per_s"] = tokens_seen / elapsed
-            if device.type == "cuda":  # peak bf16 dense FLOP/s of an H100, as in nanoGPT's estimate_mfu
-                logs["mfu"] = flops_per_token(model, args.max_len) * logs["tokens_per_s"] / 989e12
-        if dist.main:
-            wandb_run.log(logs, step=done)
-            metrics.write(done, logs)
-            bar.set_postfix(loss=f"{loss_value:.3f}", active=int(active.sum()), **{k: f"{v:.2f}" for k, v in val.items()})
-        if done % args.checkpoint_every == 0 and done < args.steps and dist.main:
-            save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"schedule": schedule.to_dict(), "config": config})
-        dist.barrier()
-    else:
-        step = args.steps
+            done = step + 1
+            evaluate = done % args.eval_every == 0 or done == args.steps
+            checkpoint = done % args.checkpoint_every == 0 and done < args.steps
+            if not (done % args.log_every == 0 or evaluate or checkpoint or done == args.steps):
+                continue
+            # A log step: the one wait for the device in --log-every steps.
+            loss_value = dist.sum(window_loss).item() / window_steps  # the mean over processes and steps
+            window_loss.zero_()
+            window_steps = 0
+            if not np.isfinite(loss_value):
+                raise RuntimeError(f"loss is {loss_value} by step {done}; lower --lr or check the data")
+            shown = speed.close_window()
+            logs = {"train/loss": loss_value, "lr": scheduler.get_last_lr()[0], "active_image_ids": int(active.sum()), **shown}
+            if grad_norm is not None:
+                logs["grad_norm"] = float(grad_norm)
+            if evaluate:
+                val = validation_losses(model, val_batches, vocab, active, device, autocast, dist)
+                logs |= {f"val/{task}": v for task, v in val.items()}
+            if dist.main:
+                wandb_run.log(logs, step=done)
+                metrics.write(done, logs)
+                postfix = {"loss": f"{loss_value:.3f}", "tok/s": f"{shown['tokens_per_s']:,.0f}", "active": int(active.sum())}
+                if "mfu" in shown:
+                    postfix["mfu"] = f"{100 * shown['mfu']:.1f}%"
+                bar.set_postfix(postfix | {k: f"{v:.2f}" for k, v in val.items()})
+            if checkpoint and dist.main:
+                save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"schedule": schedule.to_dict(), "config": config})
+            speed.restart()  # validation and checkpoints are not training time
+        else:
+            step = args.steps
     bar.close()
     if dist.main:
         metrics.close()
@@ -328,13 +324,36 @@ def main(argv: list[str] | None = None) -> None:
             args.vq or run / "vq", text,
         )
         minutes = (time.monotonic() - start_time) / 60
-        speed = tokens_seen / max(1e-9, time.monotonic() - tick)
         vals = " ".join(f"val/{t}={v:.3f}" for t, v in val.items())
-        print(f"pretrain: {step} steps, train loss {loss_value:.3f}, {vals}, {speed:,.0f} tokens/s, "
+        total = speed.total()
+        print(f"pretrain: {step} steps, train loss {loss_value:.3f}, {vals}, {speed_text(total, dist.world)}, "
               f"{minutes:.1f} min -> {out}")
-        wandb_run.summary.update({"final_step": step, "minutes": minutes})
+        wandb_run.summary.update({"final_step": step, "minutes": minutes, **total})
         wandb_run.finish()
+    dist.barrier()
     dist.close()
+
+
+def batch_shape(args: argparse.Namespace, world: int) -> tuple[int, int, int]:
+    """(sequences per step, sequences per process, sequences per micro-batch) from the flags."""
+    sequences = args.batch_tokens // args.max_len
+    if sequences < world or sequences % world:
+        raise UserError(f"--batch-tokens {args.batch_tokens} makes {sequences} sequences of --max-len {args.max_len}; "
+                        f"the {world} process(es) need a multiple of {world}")
+    per_process = sequences // world
+    micro = args.micro_batch or per_process
+    if micro < 1 or per_process % micro:
+        raise UserError(f"--micro-batch {args.micro_batch} must divide the {per_process} sequences of each process")
+    return sequences, per_process, micro
+
+
+def speed_text(figures: dict[str, float], world: int) -> str:
+    text = f"{figures['tokens_per_s']:,.0f} tokens/s"
+    if world > 1:
+        text += f" ({figures['tokens_per_s_per_device']:,.0f} per device)"
+    if "mfu" in figures:
+        text += f", MFU {100 * figures['mfu']:.1f}%"
+    return text
 
 
 if __name__ == "__main__":

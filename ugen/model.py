@@ -175,8 +175,11 @@ def extend_pretrained_lm(directory: str | Path, vocab: Vocab, device: torch.devi
     return model.to(device)
 
 
-def masked_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, active_codes: torch.Tensor | None) -> torch.Tensor:
-    """Mean next-token cross-entropy with inactive image ids excluded from the softmax.
+def masked_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, active_codes: torch.Tensor | None,
+                reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy with inactive image ids excluded from the softmax: the mean over
+    targets, or with `reduction="sum"` their sum (for a mean over a batch split across
+    micro-batches and processes, divided by the whole batch's target count).
 
     logits (B, T, V), labels (B, T) already shifted (labels[t] is the target at position t), with
     inactive targets already set to IGNORE by `ugen.sequences.apply_active_vocab`.
@@ -186,7 +189,7 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, active
         allowed = torch.ones(vocab.size, dtype=torch.bool, device=logits.device)
         allowed[vocab.image_start :] = active_codes.to(logits.device)
         logits = logits.masked_fill(~allowed, float("-inf"))  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -194,9 +197,13 @@ def num_params(model: torch.nn.Module) -> int:
 
 
 def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
-    """Training FLOPs per token (6N plus attention), as in nanoGPT's estimate_mfu."""
+    """Training FLOPs per token, as nanochat counts them: 6 per weight that multiplies (the input
+    embedding is a lookup, left out unless tied to the output layer) plus 12 * layers * width *
+    sequence length for attention's scores and weighted sums."""
     cfg = model.config
-    return 6 * num_params(model) + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+    embedding = model.get_input_embeddings().weight
+    lookup_only = 0 if embedding is model.get_output_embeddings().weight else embedding.numel()
+    return 6 * (num_params(model) - lookup_only) + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
 
 def save_model_dir(

@@ -51,6 +51,23 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by a piece of the name
+# torch.cuda.get_device_name gives; the more specific names first (an "H100 PCIe" is not an SXM part).
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+    ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
+)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak bf16 FLOP/s for MFU; None on a CPU or a GPU not in the table (then no MFU
+    is shown: a guessed peak would make a wrong figure look right)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG a run draws from, so that a resumed run continues exactly."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

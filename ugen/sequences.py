@@ -89,6 +89,30 @@ def collate(rows: list[Row], pad_id: int, max_len: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def pack(bins: list[list[Row]], length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows laid end to end into (S, length) sequences, one per bin, with the positions of each row
+    counting from 0: with no attention mask, transformers reads the restarts in `position_ids` as
+    row boundaries (a block-diagonal causal mask for SDPA, varlen kernels for flash-attn), so no
+    row sees another. Every batch has the same shape, and no compute goes to padding beyond each
+    bin's unfilled tail (its own segment, never a target)."""
+    ids = torch.full((len(bins), length), pad_id, dtype=torch.long)  # (S, L)
+    labels = torch.full((len(bins), length), IGNORE, dtype=torch.long)  # (S, L)
+    positions = torch.zeros((len(bins), length), dtype=torch.long)  # (S, L)
+    for s, rows in enumerate(bins):
+        start = 0
+        for row in rows:
+            n = len(row.ids)
+            if start + n > length:
+                raise ValueError(f"bin {s} holds {start + n} tokens, more than {length}")
+            ids[s, start : start + n] = torch.tensor(row.ids)
+            positions[s, start : start + n] = torch.arange(n)
+            # labels[t] is the target for position t, i.e. ids[t + 1], within the row
+            labels[s, start + row.loss_from : start + n - 1] = ids[s, start + row.loss_from + 1 : start + n]
+            start += n
+        positions[s, start:] = torch.arange(length - start)  # the tail: one more segment
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
 def apply_active_vocab(batch: dict[str, torch.Tensor], vocab: Vocab, active_codes: torch.Tensor) -> dict[str, torch.Tensor]:
     """Hide inactive image ids: masked placeholder as input, ignored as target.
 
@@ -151,6 +175,22 @@ class RowSampler:
         for task in rng.choice(TASKS, size=batch_size, p=weights):
             out.append(self.row(task, rng))
         return out
+
+    def fill(self, rng: np.random.Generator, bins: int, length: int, tasks: tuple[str, ...] | None = None) -> list[list[Row]]:
+        """Rows drawn one at a time into `bins` bins of `length` tokens, each into the first bin it
+        fits (rows longer than `length` are cut), until one fits nowhere; that row is dropped.
+        Stopping at the first misfit, rather than skipping it to find a shorter one, keeps the task
+        mixture and row lengths as drawn, bar that one row per batch."""
+        filled: list[list[Row]] = [[] for _ in range(bins)]
+        free = [length] * bins
+        while True:
+            row = self.rows(rng, 1, tasks)[0]
+            row = Row(row.ids[:length], row.loss_from, row.task)
+            slot = next((b for b in range(bins) if free[b] >= len(row.ids)), None)
+            if slot is None:
+                return filled
+            filled[slot].append(row)
+            free[slot] -= len(row.ids)
 
     def row(self, task: str, rng: np.random.Generator) -> Row:
         vocab = self.vocab

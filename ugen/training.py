@@ -1,24 +1,33 @@
-"""Pieces the training stages share: data preparation, optimizer, LR schedule and checkpoints."""
+"""Pieces the training stages share: data preparation, processes, the packed step, optimizer, LR
+schedule, throughput and checkpoints."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
 from ugen.data import Source, open_split
 from ugen.data.cache import CodeCache, load_cache
 from ugen.errors import UserError
+from ugen.model import masked_loss
 from ugen.runtime import atomic_dir, rng_state, set_rng_state, write_json
+from ugen.schedule import VocabSchedule
+from ugen.sequences import IGNORE, TEXT_TASKS, RowSampler, apply_active_vocab, pack
 from ugen.text_tokenizer import Tokenizer
+from ugen.vocab import Vocab
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -32,6 +41,133 @@ def split_codes(args: argparse.Namespace, split: str, vq, cache_dir: Path, text:
         raise UserError(f"--image-size {args.image_size} differs from the VQ tokenizer's {vq.config.image_size}")
     source = open_split(args, split)
     return source, load_cache(source, vq, text, max_text, cache_dir, log=log)
+
+
+# -- processes and steps ----------------------------------------------------------------------
+class Distributed:
+    """torchrun gives RANK/WORLD_SIZE; one process is the same code path with world size 1."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        if self.world > 1:
+            if device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is true on one (so that all stop at the same step)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum over processes (in place)."""
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def gradient_sync(self, model: torch.nn.Module, sync: bool):
+        """DDP all-reduces gradients in every backward; between the micro-batches of one step
+        that is wasted, so only the last backward syncs."""
+        if sync or self.world == 1:
+            return contextlib.nullcontext()
+        return model.no_sync()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def step_batch(sampler: RowSampler, vocab: Vocab, schedule: VocabSchedule, seed: int, step: int, sequences: int,
+               length: int) -> dict:
+    """The whole batch of a step, every process's share: `sequences` packed sequences with the
+    step's inactive image ids hidden, its `active` mask, its count of `targets` (the loss is their
+    mean) and of real `tokens` (the tails' padding left out). A function of (seed, step) alone, so
+    a resumed run and a run on any number of processes see the same rows."""
+    rng = np.random.default_rng([seed, step])
+    tasks = TEXT_TASKS if schedule.phase(step) == 0 else None
+    bins = sampler.fill(rng, sequences, length, tasks)
+    active = schedule.active_codes(step)
+    batch = apply_active_vocab(pack(bins, length, vocab.pad), vocab, active)
+    return {**batch, "active": active, "targets": int((batch["labels"] != IGNORE).sum()),
+            "tokens": sum(len(row.ids) for rows in bins for row in rows)}
+
+
+def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab, dist: Distributed,
+                     autocast) -> torch.Tensor:
+    """Gradients of one step, accumulated over micro-batches of `micro` sequences of this process's
+    share of `batch` (from `step_batch`); returns the share's part of the step's mean loss, on the
+    device. `wrapped` is the DDP module (or the model) that `train_model` may compile."""
+    inputs = {k: batch[k].to(dist.device, non_blocking=True) for k in ("input_ids", "labels", "position_ids")}
+    # DDP averages gradients over processes: scaled so, the step's gradient is that of the mean
+    # loss over every target of the whole batch, however it is split.
+    targets = max(batch["targets"], 1)
+    total = torch.zeros((), device=dist.device)
+    rows = len(inputs["input_ids"])
+    for i in range(0, rows, micro):
+        part = {k: v[i : i + micro] for k, v in inputs.items()}
+        with dist.gradient_sync(wrapped, sync=i + micro >= rows):
+            with autocast():
+                logits = train_model(input_ids=part["input_ids"], position_ids=part["position_ids"], use_cache=False).logits
+            loss = masked_loss(logits, part["labels"], vocab, batch["active"], reduction="sum")
+            (loss * (dist.world / targets)).backward()
+        total += loss.detach() / targets
+    return total
+
+
+class Throughput:
+    """Tokens/s and MFU of the training steps alone: a window runs from the end of one log line
+    (and whatever validation or checkpoint followed it) to the next, and the first window, which
+    pays for compilation and allocation, is left out of the run's total once there is another."""
+
+    def __init__(self, world: int, flops_per_token: float, peak: float | None):
+        self.world, self.flops_per_token, self.peak = world, flops_per_token, peak
+        self.windows, self.tokens, self.seconds = 0, 0, 0.0
+        self.restart()
+
+    def restart(self) -> None:
+        self.began, self.window_tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.window_tokens += tokens
+
+    def close_window(self) -> dict[str, float]:
+        """The window's figures; call after something waited for the device (a loss read)."""
+        seconds = time.perf_counter() - self.began
+        self.windows += 1
+        if self.windows == 2:
+            self.tokens, self.seconds = 0, 0.0
+        self.tokens += self.window_tokens
+        self.seconds += seconds
+        return self._figures(self.window_tokens, seconds)
+
+    def total(self) -> dict[str, float]:
+        return self._figures(self.tokens, self.seconds)
+
+    def _figures(self, tokens: int, seconds: float) -> dict[str, float]:
+        per_device = tokens / max(seconds, 1e-9) / self.world
+        figures = {"tokens_per_s": per_device * self.world, "tokens_per_s_per_device": per_device}
+        if self.peak:
+            figures["mfu"] = self.flops_per_token * per_device / self.peak
+        return figures
 
 
 # -- optimization -----------------------------------------------------------------------------
@@ -57,7 +193,7 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
 
 # -- metrics ----------------------------------------------------------------------------------
 class MetricsLog:
-    """`metrics.jsonl`: one JSON line per step, the record a resumed run is compared against.
+    """`metrics.jsonl`: one JSON line per logged step, the record a resumed run is compared against.
 
     A run resumed from step N drops the lines past N, which belong to the killed run, so the file
     always reads as one uninterrupted run. A kill in the middle of a write leaves a torn last line:
@@ -119,9 +255,11 @@ def checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-# Flags that steer one process of a run, not what it computes: they may change when it resumes.
+# Flags that steer one process of a run, not what it computes: they may change when it resumes
+# (--micro-batch splits the same step into more passes).
 PROCESS_FLAGS = frozenset({"resume", "overwrite", "max_minutes", "started_at", "wandb", "device", "run_dir",
-                           "out", "eval_every", "checkpoint_every", "sample_every", "probe_every"})
+                           "out", "eval_every", "checkpoint_every", "sample_every", "probe_every", "log_every",
+                           "micro_batch", "compile"})
 
 
 def add_run_dir_args(group) -> None:
