@@ -62,6 +62,7 @@ from ugen.training import (
     make_optimizer,
     resume,
     save_checkpoint,
+    save_sharded_checkpoint,
     split_codes,
     step_batch,
     warmup_cosine,
@@ -105,6 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
     train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on matrices")
     train.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    train.add_argument("--fsdp", action="store_true",
+                       help="shard weights, gradients and optimizer state over the processes (FSDP2, one unit per "
+                            "block) instead of a full copy each (DDP): for models DDP cannot hold. Checkpoints are "
+                            "then torch.distributed.checkpoint shards, which resume on any number of processes")
     train.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                        help="torch.compile the model (auto: on CUDA only; it gave no gain on CPU)")
 
@@ -222,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         model = extend_pretrained_lm(args.init_from, vocab, device)
     else:
         model = build_model(args.preset, vocab, args.max_len, device)
+    wrapped = dist.wrap(model, fsdp=args.fsdp)  # FSDP shards the parameters in place: the optimizer comes after
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
     config = vars(args) | {"vocab": vocab.to_dict()}  # the process count is not in it: any count trains the same
@@ -233,7 +239,6 @@ def main(argv: list[str] | None = None) -> None:
     if dist.main:  # one JSON line per --log-every steps: loss, lr, active ids, speed, validation losses
         metrics = MetricsLog(run / "metrics.jsonl", start)
 
-    wrapped = dist.wrap(model)
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     train_model = torch.compile(wrapped) if use_compile else wrapped  # packed batches: one shape, one compile
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
             shown = speed.close_window()
             logs = {"train/loss": loss_value, "lr": scheduler.get_last_lr()[0], "active_image_ids": int(active.sum()), **shown}
             if grad_norm is not None:
-                logs["grad_norm"] = float(grad_norm)
+                logs["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             if evaluate:
                 val = validation_losses(model, val_batches, vocab, active, device, autocast, dist)
                 logs |= {f"val/{task}": v for task, v in val.items()}
@@ -303,8 +308,12 @@ def main(argv: list[str] | None = None) -> None:
                 if "mfu" in shown:
                     postfix["mfu"] = f"{100 * shown['mfu']:.1f}%"
                 bar.set_postfix(postfix | {k: f"{v:.2f}" for k, v in val.items()})
-            if checkpoint and dist.main:
-                save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, {"schedule": schedule.to_dict(), "config": config})
+            if checkpoint:
+                checkpoint_state = {"schedule": schedule.to_dict(), "config": config}
+                if args.fsdp:
+                    save_sharded_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, checkpoint_state, dist)
+                elif dist.main:
+                    save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, checkpoint_state)
             speed.restart()  # validation and checkpoints are not training time
         else:
             step = args.steps
@@ -313,12 +322,16 @@ def main(argv: list[str] | None = None) -> None:
         metrics.close()
 
     # -- save ---------------------------------------------------------------------------------
+    checkpoint_state = {"schedule": schedule.to_dict(), "config": config}
+    if args.fsdp:
+        save_sharded_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, checkpoint_state, dist)
+    elif dist.main:
+        save_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, checkpoint_state)
+    whole = dist.full_model(model)  # under FSDP, gathered from every process
     if dist.main:
-        state = {"schedule": schedule.to_dict(), "config": config}
-        save_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, state)
         out = Path(args.out or run / "model")
         save_model_dir(
-            out, model,
+            out, whole,
             {"vocab": vocab.to_dict(), "schedule": schedule.to_dict(), "image_size": args.image_size,
              "grid": int(np.sqrt(image_len)), "max_len": args.max_len, "step": step, "pretrain": config},
             args.vq or run / "vq", text,

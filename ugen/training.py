@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ugen.data import Source, open_split
 from ugen.data.cache import CodeCache, load_cache
-from ugen.errors import UserError
+from ugen.errors import UserError, one_line
 from ugen.model import masked_loss
 from ugen.runtime import atomic_dir, rng_state, set_rng_state, write_json
 from ugen.schedule import VocabSchedule
@@ -49,6 +50,7 @@ class Distributed:
 
     def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.fsdp = False  # set by wrap
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = device
         if self.world > 1:
@@ -61,10 +63,29 @@ class Distributed:
     def main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap(self, model: torch.nn.Module, fsdp: bool = False) -> torch.nn.Module:
+        """The model as the processes train it: DDP (a full copy each), or with `fsdp` FSDP2
+        (parameters, gradients and optimizer state sharded, one unit per transformer block, bf16
+        compute with fp32 gradient reduction on CUDA), which shards `model` in place: build the
+        optimizer after. One process trains the model as it is."""
+        self.fsdp = fsdp
         if self.world == 1:
             return model
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if not fsdp:
+            return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        precision = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                     if self.device.type == "cuda" else MixedPrecisionPolicy())
+        blocks = [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or ())]
+        if not blocks:
+            raise UserError(f"--fsdp: {type(model).__name__} names no transformer block class to shard by")
+        for block in blocks:
+            fully_shard(block, mesh=mesh, mp_policy=precision)
+        fully_shard(model, mesh=mesh, mp_policy=precision)
+        return model
 
     def any(self, flag: bool) -> bool:
         """True on every process when it is true on one (so that all stop at the same step)."""
@@ -85,7 +106,26 @@ class Distributed:
         that is wasted, so only the last backward syncs."""
         if sync or self.world == 1:
             return contextlib.nullcontext()
+        if self.fsdp:  # FSDP2 keeps unreduced gradients until the last backward asks for the sync
+            model.set_requires_gradient_sync(False)
+            return _FinallySync(model)
         return model.no_sync()
+
+    def full_model(self, model: PreTrainedModel) -> PreTrainedModel | None:
+        """The whole model on the main process (None on the others): `model` itself, or under FSDP
+        its shards gathered into a plain copy on the CPU (a collective: every process calls it)."""
+        if not (self.fsdp and self.world > 1):
+            return model if self.main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.main:
+            return None
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(model.config)
+        plain.load_state_dict(weights, assign=True, strict=False)  # a tied output layer is the input's
+        plain.tie_weights()
+        return plain
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -131,6 +171,14 @@ def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab
             (loss * (dist.world / targets)).backward()
         total += loss.detach() / targets
     return total
+
+
+class _FinallySync(contextlib.AbstractContextManager):
+    def __init__(self, model):
+        self.model = model
+
+    def __exit__(self, *exc):
+        self.model.set_requires_gradient_sync(True)
 
 
 class Throughput:
@@ -248,6 +296,34 @@ def save_checkpoint(
     return final
 
 
+def save_sharded_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
+                            state: dict[str, Any], dist: Distributed, keep: int = 2) -> Path:
+    """--fsdp's checkpoint, written by every process: the weights and optimizer state as
+    torch.distributed.checkpoint shards in `dcp/`, which a run on any number of processes loads
+    (it reshards on reading), the LR schedule, RNGs and state.json by the main process; renamed
+    into place once all is written, then all but the newest `keep` pruned."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = Path(directory) / f"step-{step:07d}"
+    tmp = final.parent / f".tmp-{final.name}"  # one name for every process (atomic_dir's is per process)
+    if dist.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    weights, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": weights, "optimizer": optimizer_state}, checkpoint_id=tmp / "dcp")
+    if dist.main:
+        torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
+        write_json(tmp / "state.json", {"step": step, **state})
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(checkpoints(directory))[:-keep]:
+            shutil.rmtree(old[1], ignore_errors=True)
+    dist.barrier()
+    return final
+
+
 def checkpoints(directory: Path) -> list[tuple[int, Path]]:
     if not Path(directory).is_dir():
         return []
@@ -332,12 +408,35 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> None:
-    """Restore model, optimizer, LR schedule and RNGs in place."""
+    """Restore model, optimizer, LR schedule and RNGs in place, from either kind of checkpoint."""
+    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+    if (path / "dcp").is_dir():
+        return _load_sharded_checkpoint(path, model, optimizer, scheduler)
+    if sharded:
+        raise UserError(f"checkpoint {path} was written without --fsdp: resume it without --fsdp")
     try:
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         load_model(model, path / "model.safetensors", strict=True, device=str(next(model.parameters()).device))
     except (OSError, RuntimeError) as err:
         raise UserError(f"checkpoint {path} cannot be read: {err}") from None
     optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    set_rng_state(trainer["rng"])
+
+
+def _load_sharded_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> None:
+    """A `save_sharded_checkpoint` into this run's model, sharded over any number of processes
+    (or none): every process reads the pieces of its own shards."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    weights, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": weights, "optimizer": optimizer_state}
+    try:
+        dcp.load(state, checkpoint_id=path / "dcp")
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise UserError(f"checkpoint {path} cannot be read: {one_line(err)}") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
