@@ -3,14 +3,18 @@
     python benchmarks/sampler.py --model runs/default/model          # after `make pretrain`
 
 The work: text-to-image for 16 prompts, one image each, CFG 1.5, temperature 0.7, on 2 CPU
-threads (or the GPU with --device cuda). Three ways to draw it:
-- the engine (`UGen.draw_codes`): conditional and unconditional rows in one batch, static KV cache;
-- the engine with transformers' growing DynamicCache, and without a KV cache (every step
+threads (or the GPU with --device cuda). The ways to draw it:
+- the engine (`UGen.draw_codes`): conditional and unconditional rows in one batch, static KV cache,
+  eager decode steps (`engine`) and compiled ones (`engine_compiled`; the default on CUDA, opt-in
+  on the CPU: its warm-up call, which compiles, is reported as `compile_seconds`);
+- the eager engine with transformers' growing DynamicCache, and without a KV cache (every step
   recomputes the whole sequence);
 - `model.generate(guidance_scale=1.5)` with a logits processor that allows image ids only, which is
   how transformers does CFG (the unconditional pass is a second, unbatched forward).
-Each is timed as the median of --repeats runs after a warm-up; the figures and the speed-ups
-append to benchmarks/results.jsonl with the device named.
+Each is timed as the median of --repeats runs after a warm-up, the ways taking turns so that a
+machine busy with other work slows them alike. `speedup_vs_generate` is for the engine as this
+device runs it by default, `speedup_vs_generate_compiled` for the compiled one; the figures append
+to benchmarks/results.jsonl with the device named (unless --no-save).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import ugen
-from ugen.sampling import SamplingParams
+from ugen.sampling import Engine, SamplingParams
 from ugen.sequences import t2i_prompt
 
 from speed import device_name, sync  # benchmarks/ is the script's directory, first on sys.path
@@ -45,16 +49,17 @@ class ImageIdsOnly(LogitsProcessor):
         return scores.masked_fill(~self.allowed, float("-inf"))
 
 
-def timed(run, repeats: int, device: torch.device) -> float:
-    run()  # warm-up
-    seconds = []
+def timed(runs: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    """The median seconds of each run, the runs taking turns (warm-ups done by the caller)."""
+    seconds = {name: [] for name in runs}
     for _ in range(repeats):
-        sync(device)
-        began = time.perf_counter()
-        run()
-        sync(device)
-        seconds.append(time.perf_counter() - began)
-    return statistics.median(seconds)
+        for name, run in runs.items():
+            sync(device)
+            began = time.perf_counter()
+            run()
+            sync(device)
+            seconds[name].append(time.perf_counter() - began)
+    return {name: statistics.median(s) for name, s in seconds.items()}
 
 
 def main() -> None:
@@ -66,6 +71,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-save", action="store_true", help="print the result without appending it to results.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = ugen.load(args.model, args.device)
@@ -74,12 +80,15 @@ def main() -> None:
     captions = [model.text.encode(t) for t in texts]
     params = SamplingParams(args.temperature, 0, 1.0, args.cfg)
 
-    def engine(cache: str = "static"):
+    eager = Engine(model.model, vocab, model.image_tokenizer.grid, compile=False)
+    compiled = Engine(model.model, vocab, model.image_tokenizer.grid, compile=True)
+
+    def engine(cache: str = "static", engine: Engine = eager):
         generator = torch.Generator(device).manual_seed(0)
         prompts = [t2i_prompt(vocab, c) for c in captions]
         uncond = [t2i_prompt(vocab, None)] * len(prompts)
-        return model.engine.generate(prompts, params=params, generator=generator, uncond_prompts=uncond,
-                                     max_new_tokens=n + 1, stop_ids=(vocab.eoi,), cache=cache)
+        return engine.generate(prompts, params=params, generator=generator, uncond_prompts=uncond,
+                               max_new_tokens=n + 1, stop_ids=(vocab.eoi,), cache=cache)
 
     # transformers' generate: left-padded conditional prompts, the unconditional prompt as negative_prompt_ids
     prompts = [t2i_prompt(vocab, c) for c in captions]
@@ -101,22 +110,36 @@ def main() -> None:
 
     drawn = hf_generate()[:, length:]
     assert drawn.shape == (len(prompts), n) and bool((drawn >= vocab.image_start).all()), "generate drew other ids"
-    seconds = {
-        "engine": timed(engine, args.repeats, device),
-        "engine_dynamic_cache": timed(lambda: engine("dynamic"), args.repeats, device),
-        "engine_no_cache": timed(lambda: engine("none"), args.repeats, device),
-        "hf_generate_cfg": timed(hf_generate, args.repeats, device),
+    runs = {
+        "engine": engine,
+        "engine_compiled": lambda: engine(engine=compiled),
+        "engine_dynamic_cache": lambda: engine("dynamic"),
+        "engine_no_cache": lambda: engine("none"),
+        "hf_generate_cfg": hf_generate,
     }
+    sync(device)
+    began = time.perf_counter()
+    drawn = engine(engine=compiled)  # compiles the decode step for these shapes
+    sync(device)
+    compile_seconds = time.perf_counter() - began
+    same_tokens = drawn == engine()  # on the CPU they should be; bf16 on CUDA may round differently
+    for run in runs.values():
+        run()  # warm-up
+    seconds = timed(runs, args.repeats, device)
+    default = "engine_compiled" if model.engine.compile else "engine"  # how `ugen` runs on this device
     result = {
         "benchmark": "sampler", "model": args.model, "device": device_name(device), "torch": torch.__version__,
         "prompts": len(prompts), "codes_per_image": n, "cfg": args.cfg, "temperature": args.temperature,
-        "seconds": {k: round(v, 4) for k, v in seconds.items()},
-        "speedup_vs_generate": round(seconds["hf_generate_cfg"] / seconds["engine"], 2),
+        "seconds": {k: round(v, 4) for k, v in seconds.items()}, "compile_seconds": round(compile_seconds, 1),
+        "compiled_same_tokens": same_tokens, "default_engine": default,
+        "speedup_vs_generate": round(seconds["hf_generate_cfg"] / seconds[default], 2),
+        "speedup_vs_generate_compiled": round(seconds["hf_generate_cfg"] / seconds["engine_compiled"], 2),
         "speedup_vs_no_cache": round(seconds["engine_no_cache"] / seconds["engine"], 2),
         "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/sampler.py --model " + args.model,
     }
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(result) + "\n")
+    if not args.no_save:
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(result) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -1,4 +1,5 @@
-"""The sampling engine: static cache = dynamic cache = no cache, greedy is argmax, seeds reproduce, modality holds."""
+"""The sampling engine: static cache = dynamic cache = no cache (4D and 2D masks), compiled = eager,
+greedy is argmax, seeds reproduce, modality holds, image rows decode without a host sync a step."""
 
 import pytest
 import torch
@@ -28,22 +29,75 @@ def mixed_prompts():
     ]
 
 
-def test_static_dynamic_and_no_cache_draw_the_same_tokens(engine):
-    """Left padding (prompts of several lengths), greedy and sampled, with and without CFG."""
+def assert_caches_agree(engine: Engine):
+    """Left padding (prompts of several lengths), greedy and sampled, with and without CFG, image
+    rows alone (a known number of steps: some rows start with codes and finish first) and mixed
+    with text rows (stopped by asking the device)."""
     prompts = mixed_prompts()
     for params in (SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=5)):
         drawn = {cache: engine.generate(prompts, max_new_tokens=12, params=params, cache=cache,
                                         generator=torch.Generator().manual_seed(1)) for cache in CACHES}
         assert drawn["static"] == drawn["dynamic"] == drawn["none"]
-    cond = [t2i_prompt(V, [3, 4, 5]), t2i_prompt(V, [9]), t2i_prompt(V, [])]
-    uncond = [t2i_prompt(V, None)] * 3
+    cond = [t2i_prompt(V, [3, 4, 5]), t2i_prompt(V, [9]), t2i_prompt(V, []), t2i_prompt(V, [2]) + V.from_codes([7, 8])]
+    uncond = [t2i_prompt(V, None)] * len(cond)
     for params in (SamplingParams(temperature=0, cfg=3.0), SamplingParams(temperature=0.7, cfg=1.5)):
         kw = dict(max_new_tokens=GRID * GRID + 1, params=params, uncond_prompts=uncond, stop_ids=(V.eoi,))
         drawn = {cache: engine.generate(cond, cache=cache, generator=torch.Generator().manual_seed(2), **kw) for cache in CACHES}
         assert drawn["static"] == drawn["dynamic"] == drawn["none"]
-        assert all(len(row) == GRID * GRID + 1 and row[-1] == V.eoi for row in drawn["static"])
+        assert [len(row) for row in drawn["static"]] == [GRID * GRID + 1] * 3 + [GRID * GRID - 1]
+        assert all(row[-1] == V.eoi for row in drawn["static"])
+    image_and_text = [t2i_prompt(V, [3]), [V.bos, *V.from_text([7, 8])]]
+    kw = dict(max_new_tokens=GRID * GRID + 3, params=SamplingParams(temperature=1.0), stop_ids=(V.eoi, V.eos))
+    drawn = {cache: engine.generate(image_and_text, cache=cache, generator=torch.Generator().manual_seed(3), **kw)
+             for cache in CACHES}
+    assert drawn["static"] == drawn["dynamic"] == drawn["none"]
+
+
+def test_static_dynamic_and_no_cache_draw_the_same_tokens(engine):
+    assert engine.mask_4d  # SDPA: the static cache decodes with the ready 4D mask
+    assert_caches_agree(engine)
     with pytest.raises(ValueError, match="cache must be one of"):
-        engine.generate(prompts, max_new_tokens=2, cache="paged")
+        engine.generate(mixed_prompts(), max_new_tokens=2, cache="paged")
+
+
+def test_the_2d_mask_path_agrees_too():
+    """Attention kernels other than SDPA (flash-attn, eager) get the 2D mask of the keys so far."""
+    torch.manual_seed(0)
+    model = build_model("tiny", V, 64, torch.device("cpu")).eval()
+    model.set_attn_implementation("eager")
+    engine = Engine(model, V, GRID)
+    assert not engine.mask_4d
+    assert_caches_agree(engine)
+    with pytest.raises(ValueError, match="needs SDPA attention"):
+        Engine(model, V, GRID, compile=True)
+
+
+def test_image_rows_decode_without_a_host_sync_each_step(engine, monkeypatch):
+    """Asking the device whether all rows are done (`bool(done.all())`) waits for the step to
+    finish; image rows that stop at <eoi> have a known length and never ask."""
+    asked = []
+    to_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: asked.append(1) or to_bool(t))
+    kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=1.0),
+              generator=torch.Generator().manual_seed(0))
+    engine.generate([t2i_prompt(V, [1]), t2i_prompt(V, [2, 3])], stop_ids=(V.eoi,), **kw)
+    image_asks, asked[:] = len(asked), []
+    engine.generate([[V.bos, *V.from_text([7])]] * 2, **kw)
+    assert image_asks < 3 <= len(asked)  # the text rows ask every step
+
+
+@pytest.mark.slow
+def test_compiled_decode_draws_what_eager_draws(engine):
+    """The compiled step (about 20 s of compiling on the CPU): filler rows round the batch up
+    to its shape bucket, and a second call reuses the bucket's cache."""
+    compiled = Engine(engine.model, V, GRID, compile=True)
+    cond = [t2i_prompt(V, [3, 4, 5]), t2i_prompt(V, [9]), t2i_prompt(V, [2]) + V.from_codes([7, 8])]
+    kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=0.7, cfg=1.5),
+              uncond_prompts=[t2i_prompt(V, None)] * 3, stop_ids=(V.eoi,))
+    run = lambda e, seed: e.generate(cond, generator=torch.Generator().manual_seed(seed), **kw)
+    for seed in (0, 1):
+        assert run(compiled, seed) == run(engine, seed)
+    assert list(compiled._static_caches) == [(8, 16)]  # 6 rows and 16 slots: one bucket, one compile
 
 
 def test_temperature_zero_is_greedy(engine):
