@@ -30,7 +30,7 @@ SEEDS ?= 0 1 2
 JOBS ?= 2
 ABLATION ?= runs/ablation-$(PRESET)
 
-.PHONY: install pretrain vq text-tokenizer eval ablation rl digits test clean
+.PHONY: install pretrain vq text-tokenizer eval ablation rl digits bench test clean
 
 # torch first, pinned: the CPU wheel is on the machine, and any looser requirement resolved on its own
 # pulls the CUDA build. Everything after is constrained to that torch. flash-attn is only in .[gpu].
@@ -79,6 +79,17 @@ digits: | .venv/installed
 	$(PYTHON) benchmarks/digits.py build --out runs/data/digits
 	$(MAKE) pretrain DATA=runs/data/digits IMAGE_SIZE=32 VQ_ARGS="--downsample 4"
 	$(PYTHON) benchmarks/digits.py judge --model runs/digits/model
+
+# Speed and memory on this machine, each figure appended to benchmarks/results.jsonl with the device
+# named: training throughput per preset (packed rows against padded rows and against a bare step;
+# on a GPU tiny, small and base, with MFU), decoding with and without the KV cache, and sampling
+# against transformers' generate (the default model's shape, random weights; on a GPU also base
+# drawing 8 images of 24x24 codes). Needs the default run's tokenizers (built here if missing).
+bench: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
+	$(PYTHON) benchmarks/speed.py --run $(RUN) $(ARGS)
+	$(PYTHON) benchmarks/sampler.py --preset tiny --device auto
+	if $(PYTHON) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PYTHON) benchmarks/sampler.py --preset base --grid 24 --codes 16384 --prompts 8 --device cuda; fi
 
 # Two workers at one thread each: most tests are short runs that keep one core busy, so on 2 cores
 # this took 6 min 57 s against 9 min 41 s for one worker with two threads.

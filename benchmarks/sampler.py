@@ -1,9 +1,14 @@
 """Sampling speed: ugen's engine against `transformers` `generate` on the same weights and work.
 
     python benchmarks/sampler.py --model runs/default/model          # after `make pretrain`
+    python benchmarks/sampler.py --preset tiny                       # random weights, the same work
+    python benchmarks/sampler.py --preset base --grid 24 --codes 16384 --prompts 8 --device cuda
 
 The work: text-to-image for 16 prompts, one image each, CFG 1.5, temperature 0.7, on 2 CPU
-threads (or the GPU with --device cuda). The ways to draw it:
+threads (or the GPU with --device cuda). With --preset instead of --model, the weights are random
+(image drawing is the same work whatever they are: a fixed number of codes), the vocabulary
+Shapes' text ids and --codes image codes, the grid --grid: the last line above is issue 11's GPU
+goal (8 images of 24x24 codes with CFG from base, against LlamaGen's GPT-B). The ways to draw it:
 - the engine (`UGen.draw_codes`): conditional and unconditional rows in one batch, static KV cache,
   eager decode steps (`engine`) and compiled ones (`engine_compiled`; the default on CUDA, opt-in
   on the CPU: its warm-up call, which compiles, is reported as `compile_seconds`);
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,8 +35,11 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import ugen
+from ugen.model import PRESETS, build_model, inference_dtype
+from ugen.runtime import pick_device
 from ugen.sampling import Engine, SamplingParams
 from ugen.sequences import t2i_prompt
+from ugen.vocab import Vocab
 
 from speed import device_name, sync  # benchmarks/ is the script's directory, first on sys.path
 
@@ -65,23 +74,34 @@ def timed(runs: dict, repeats: int, device: torch.device) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/default/model", help="a model directory")
+    parser.add_argument("--preset", choices=list(PRESETS), default=None, help="random weights of this preset instead of --model")
+    parser.add_argument("--grid", type=int, default=6, help="with --preset: image codes a side (6 for Shapes)")
+    parser.add_argument("--codes", type=int, default=1000, help="with --preset: image codebook size")
     parser.add_argument("--prompts", type=int, default=16, help="prompts, one image each")
     parser.add_argument("--cfg", type=float, default=1.5)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--no-save", action="store_true", help="print the result without appending it to results.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = ugen.load(args.model, args.device)
-    device, vocab, n = model.device, model.vocab, model.image_len
-    texts = [f"a {COLORS[i % len(COLORS)]} {SHAPES[(i // len(COLORS)) % len(SHAPES)]}" for i in range(args.prompts)]
-    captions = [model.text.encode(t) for t in texts]
+    if args.preset:
+        device = pick_device(args.device)
+        vocab, grid = Vocab(num_text=512, num_image=args.codes), args.grid
+        torch.manual_seed(0)
+        net = build_model(args.preset, vocab, grid * grid + 32, device).to(inference_dtype(device)).eval()
+        captions = [[(5 * i + j) % 500 for j in range(3 + i % 4)] for i in range(args.prompts)]  # text ids, lengths vary
+    else:
+        model = ugen.load(args.model, args.device)
+        net, device, vocab, grid = model.model, model.device, model.vocab, model.image_tokenizer.grid
+        texts = [f"a {COLORS[i % len(COLORS)]} {SHAPES[(i // len(COLORS)) % len(SHAPES)]}" for i in range(args.prompts)]
+        captions = [model.text.encode(t) for t in texts]
+    n = grid * grid
     params = SamplingParams(args.temperature, 0, 1.0, args.cfg)
 
-    eager = Engine(model.model, vocab, model.image_tokenizer.grid, compile=False)
-    compiled = Engine(model.model, vocab, model.image_tokenizer.grid, compile=True)
+    eager = Engine(net, vocab, grid, compile=False)
+    compiled = Engine(net, vocab, grid, compile=True)
 
     def engine(cache: str = "static", engine: Engine = eager):
         generator = torch.Generator(device).manual_seed(0)
@@ -101,7 +121,7 @@ def main() -> None:
 
     def hf_generate():
         torch.manual_seed(0)
-        return model.model.generate(
+        return net.generate(
             input_ids=input_ids, attention_mask=attention_mask, guidance_scale=args.cfg,
             negative_prompt_ids=negative, negative_prompt_attention_mask=torch.ones_like(negative),
             logits_processor=LogitsProcessorList([ImageIdsOnly(allowed)]), do_sample=True,
@@ -126,16 +146,17 @@ def main() -> None:
     for run in runs.values():
         run()  # warm-up
     seconds = timed(runs, args.repeats, device)
-    default = "engine_compiled" if model.engine.compile else "engine"  # how `ugen` runs on this device
+    default = "engine_compiled" if Engine(net, vocab, grid).compile else "engine"  # how `ugen` runs on this device
     result = {
-        "benchmark": "sampler", "model": args.model, "device": device_name(device), "torch": torch.__version__,
+        "benchmark": "sampler", "model": f"random {args.preset}" if args.preset else args.model,
+        "device": device_name(device), "torch": torch.__version__,
         "prompts": len(prompts), "codes_per_image": n, "cfg": args.cfg, "temperature": args.temperature,
         "seconds": {k: round(v, 4) for k, v in seconds.items()}, "compile_seconds": round(compile_seconds, 1),
         "compiled_same_tokens": same_tokens, "default_engine": default,
         "speedup_vs_generate": round(seconds["hf_generate_cfg"] / seconds[default], 2),
         "speedup_vs_generate_compiled": round(seconds["hf_generate_cfg"] / seconds["engine_compiled"], 2),
         "speedup_vs_no_cache": round(seconds["engine_no_cache"] / seconds["engine"], 2),
-        "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/sampler.py --model " + args.model,
+        "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python benchmarks/sampler.py", *sys.argv[1:]]),
     }
     if not args.no_save:
         with open(RESULTS, "a") as f:

@@ -143,6 +143,13 @@ def test_runs_cannot_mix(tiny_run, tmp_path, capsys):
     assert losses(tmp_path) != first  # a new run (another seed), not the old one continued
 
 
+def test_batch_flags_that_do_not_divide_are_one_line(tiny_run, tmp_path, capsys):
+    for flags, named in [(["--micro-batch", "3"], "--micro-batch 3 must divide the 2 sequences"),
+                         (["--batch-tokens", "100"], "--batch-tokens 100 makes 0 sequences of --max-len 128")]:
+        result = _pretrain(capsys, tiny_run, tmp_path, *flags, check=False)
+        assert result.returncode == 2 and named in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_resume_drops_a_torn_last_metrics_line(tiny_run, tmp_path, capsys):
     """A kill in the middle of a write leaves half a JSON line: resume drops it and redoes its step."""
     _pretrain(capsys, tiny_run, tmp_path, "--steps", "4")

@@ -95,9 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=1200, help="optimizer steps")
-    train.add_argument("--batch-tokens", type=int, default=3072,
+    train.add_argument("--batch-tokens", type=int, default=2816,
                        help="tokens per optimizer step over all processes, packed into sequences of --max-len: "
-                            "3072 is 24 sequences of 128, about 50 Shapes rows")
+                            "2816 is 22 sequences of 128, about 47 Shapes rows (the padded batches before had 48)")
     train.add_argument("--micro-batch", type=int, default=None,
                        help="sequences per forward/backward on each process (default: its whole share); fewer "
                             "accumulate gradients over several passes: the same step in less memory")
@@ -206,10 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     max_text = args.max_len - image_len - 8
     if max_text < 8:
         raise UserError(f"--max-len {args.max_len} leaves no room for text beside {image_len} image codes")
+    sequences, per_process, micro = batch_shape(args, dist.world)  # before the data, which may take long to encode
     _, train_rows = split_codes(args, "train", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     _, val_rows = split_codes(args, "validation", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     del image_tokenizer  # the transformer trains on codes only
-    sequences, per_process, micro = batch_shape(args, dist.world)
     sampler = RowSampler(train_rows, vocab, args.mix, args.caption_dropout)
     if args.text_only_steps and not any(sampler.weights[TASKS.index(t)] > 0 for t in TEXT_TASKS):
         raise UserError(f"--text-only-steps {args.text_only_steps} needs a text task ({', '.join(TEXT_TASKS)}) "

@@ -155,7 +155,8 @@ def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab
                      autocast) -> torch.Tensor:
     """Gradients of one step, accumulated over micro-batches of `micro` sequences of this process's
     share of `batch` (from `step_batch`); returns the share's part of the step's mean loss, on the
-    device. `wrapped` is the DDP module (or the model) that `train_model` may compile."""
+    device. `wrapped` is what `Distributed.wrap` returned (DDP, FSDP or the model itself), which
+    `train_model` may be a compiled form of."""
     inputs = {k: batch[k].to(dist.device, non_blocking=True) for k in ("input_ids", "labels", "position_ids")}
     # DDP averages gradients over processes: scaled so, the step's gradient is that of the mean
     # loss over every target of the whole batch, however it is split.
@@ -174,6 +175,8 @@ def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab
 
 
 class _FinallySync(contextlib.AbstractContextManager):
+    """Turns FSDP2's gradient reduction back on once a micro-batch's backward is done."""
+
     def __init__(self, model):
         self.model = model
 
