@@ -182,10 +182,12 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, active
     micro-batches and processes, divided by the whole batch's target count).
 
     logits (B, T, V), labels (B, T) already shifted (labels[t] is the target at position t), with
-    inactive targets already set to IGNORE by `ugen.sequences.apply_active_vocab`.
+    inactive targets already set to IGNORE by `ugen.sequences.apply_active_vocab`. A mask on the CPU
+    that is all True is skipped; one on an accelerator is applied as it is (asking whether it is all
+    True would make the host wait for the device).
     """
     logits = logits.float()
-    if active_codes is not None and not bool(active_codes.all()):
+    if active_codes is not None and (active_codes.device.type != "cpu" or not bool(active_codes.all())):
         allowed = torch.ones(vocab.size, dtype=torch.bool, device=logits.device)
         allowed[vocab.image_start :] = active_codes.to(logits.device)
         logits = logits.masked_fill(~allowed, float("-inf"))  # (B, T, V)

@@ -161,6 +161,8 @@ def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab
     # DDP averages gradients over processes: scaled so, the step's gradient is that of the mean
     # loss over every target of the whole batch, however it is split.
     targets = max(batch["targets"], 1)
+    # No mask once every image id is active; before that, the mask sent to the device once a step.
+    active = None if bool(batch["active"].all()) else batch["active"].to(dist.device, non_blocking=True)
     total = torch.zeros((), device=dist.device)
     rows = len(inputs["input_ids"])
     for i in range(0, rows, micro):
@@ -168,7 +170,7 @@ def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab
         with dist.gradient_sync(wrapped, sync=i + micro >= rows):
             with autocast():
                 logits = train_model(input_ids=part["input_ids"], position_ids=part["position_ids"], use_cache=False).logits
-            loss = masked_loss(logits, part["labels"], vocab, batch["active"], reduction="sum")
+            loss = masked_loss(logits, part["labels"], vocab, active, reduction="sum")
             (loss * (dist.world / targets)).backward()
         total += loss.detach() / targets
     return total
