@@ -10,7 +10,8 @@ text-tokenizer` or `make pretrain` leave in runs/default), three ways, each on i
 - packed: train/pretrain.py's step: the batch of --batch-tokens packed on a worker thread ahead of
   the step, forward and backward over micro-batches, gradient clipping, optimizer and LR steps,
   the loss read every --log-every steps;
-- bare: forward, backward and optimizer step on one packed batch over and over, nothing else: the
+- bare: forward, backward (the packed step's own, whose output layer runs on the target positions
+  only unless compiled) and optimizer step on one packed batch over and over, nothing else: the
   ceiling the packed loop is measured against.
 The three take turns, --log-every steps each, until each has run --steps (after --warmup untimed
 steps): this machine's speed drifts by 10-20% within minutes, and turns make the drift fall on
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from ugen.data import add_data_args
-from ugen.model import PRESETS, build_model, flops_per_token, masked_loss, num_params
+from ugen.model import PRESETS, build_model, flops_per_token, masked_loss, num_params, plain_output_layer
 from ugen.runtime import peak_flops, pick_device, run_main
 from ugen.sampling import Engine, SamplingParams
 from ugen.schedule import build_schedule
@@ -136,6 +137,7 @@ def train_speed(preset: str, device: torch.device, args, vocab: Vocab, sampler: 
     # packed: the pretraining loop's step, batches prepared ahead on a thread
     packed = arms["packed"]
     packed_model = torch.compile(packed.model) if args.compile else packed.model
+    head_on_targets = not args.compile and plain_output_layer(packed.model)  # as train/pretrain.py decides
     scheduler = torch.optim.lr_scheduler.LambdaLR(packed.optimizer, warmup_cosine(10, 10**6, 0.1))
     window, steps = torch.zeros((), device=device), iter(range(10**9))
 
@@ -152,7 +154,7 @@ def train_speed(preset: str, device: torch.device, args, vocab: Vocab, sampler: 
         step = next(steps)
         batch = ahead[0].result()
         ahead[0] = pool.submit(prepare, step + 1)
-        window.add_(forward_backward(packed_model, packed.model, batch, micro, vocab, dist, autocast))
+        window.add_(forward_backward(packed_model, packed.model, batch, micro, vocab, dist, autocast, head_on_targets))
         torch.nn.utils.clip_grad_norm_(packed.model.parameters(), 1.0)
         packed.optimizer.step()
         scheduler.step()
@@ -165,14 +167,10 @@ def train_speed(preset: str, device: torch.device, args, vocab: Vocab, sampler: 
     # bare: the same model on one packed batch, forward, backward and optimizer step only
     bare, fixed = arms["bare"], prepare(10**6)
     bare_model = torch.compile(bare.model) if args.compile else bare.model
-    inputs = {k: fixed[k].to(device) for k in ("input_ids", "labels", "position_ids")}
+    fixed = {**fixed, **{k: fixed[k].to(device) for k in ("input_ids", "labels", "position_ids")}}
 
-    def bare_step() -> int:
-        for i in range(0, sequences, micro):
-            with autocast():
-                logits = bare_model(input_ids=inputs["input_ids"][i : i + micro],
-                                    position_ids=inputs["position_ids"][i : i + micro], use_cache=False).logits
-            (masked_loss(logits, inputs["labels"][i : i + micro], vocab, None, reduction="sum") / fixed["targets"]).backward()
+    def bare_step() -> int:  # the same forward and loss as the packed step (its output layer on targets only)
+        forward_backward(bare_model, bare.model, fixed, micro, vocab, dist, autocast, head_on_targets)
         bare.optimizer.step()
         bare.optimizer.zero_grad(set_to_none=True)
         return fixed["tokens"]

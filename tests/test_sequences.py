@@ -1,16 +1,20 @@
 """Sequence formats: markers in the right places and loss only on what the task produces."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ugen.model import build_model
+from ugen.training import Distributed, forward_backward
 from ugen.sequences import (
     IGNORE,
     TEXT_TASKS,
     RowSampler,
     TokenizedExample,
+    apply_active_vocab,
     caption_row,
     collate,
     pack,
@@ -130,3 +134,23 @@ def test_fill_packs_rows_first_fit_until_one_fits_nowhere():
     free = [24 - sum(len(r.ids) for r in b) for b in bins]
     assert len(drawn[-1].ids) > max(free), "the dropped row fit somewhere"
     assert sum(free) < 24, "bins are mostly full"
+
+
+def test_the_output_layer_on_targets_only_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = build_model("tiny", V, 64, torch.device("cpu"))
+    rows = [text_row(V, [1, 2, 3]), caption_row(V, CODES, [5, 6]), t2i_row(V, [6], CODES), vqa_row(V, CODES, [3], [4])]
+    active = torch.tensor([True, False] * (V.num_image // 2))  # half the image ids off, as early in the schedule
+    batch = pack([rows[:2], rows[2:]], 32, V.pad)
+    batch = {**apply_active_vocab(batch, V, active), "active": active}
+    batch["targets"] = int((batch["labels"] != IGNORE).sum())
+    dist = Distributed(torch.device("cpu"))
+    results = []
+    for head_on_targets in (False, True):
+        model.zero_grad()
+        loss = forward_backward(model, model, batch, 1, V, dist, contextlib.nullcontext, head_on_targets)
+        results.append((loss, [p.grad.clone() for p in model.parameters()]))
+    (full, full_grads), (targets, target_grads) = results
+    torch.testing.assert_close(targets, full)
+    for a, b in zip(target_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -46,6 +46,7 @@ from ugen.model import (
     lm_vocab,
     masked_loss,
     num_params,
+    plain_output_layer,
     save_model_dir,
 )
 from ugen.runtime import Deadline, add_common_args, init_wandb, peak_flops, pick_device, run_main, seed_everything
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
 
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     train_model = torch.compile(wrapped) if use_compile else wrapped  # packed batches: one shape, one compile
+    # one process, eager (FSDP shards the model in place, so `is` alone does not tell): see forward_backward
+    head_on_targets = dist.world == 1 and train_model is model and plain_output_layer(model)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     wandb_run = init_wandb(args.wandb if dist.main else "disabled", run, "ugen-pretrain", config)
     if dist.main:
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             if step + 1 < args.steps:
                 ahead = pool.submit(prepare, step + 1)
             active = batch["active"]
-            window_loss += forward_backward(train_model, wrapped, batch, micro, vocab, dist, autocast)
+            window_loss += forward_backward(train_model, wrapped, batch, micro, vocab, dist, autocast, head_on_targets)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip) if args.grad_clip > 0 else None
             optimizer.step()
             scheduler.step()

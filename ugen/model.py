@@ -181,7 +181,7 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, active
     targets, or with `reduction="sum"` their sum (for a mean over a batch split across
     micro-batches and processes, divided by the whole batch's target count).
 
-    logits (B, T, V), labels (B, T) already shifted (labels[t] is the target at position t), with
+    logits (..., V), labels (...) already shifted (labels[t] is the target at position t), with
     inactive targets already set to IGNORE by `ugen.sequences.apply_active_vocab`. A mask on the CPU
     that is all True is skipped; one on an accelerator is applied as it is (asking whether it is all
     True would make the host wait for the device).
@@ -191,7 +191,17 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, active
         allowed = torch.ones(vocab.size, dtype=torch.bool, device=logits.device)
         allowed[vocab.image_start :] = active_codes.to(logits.device)
         logits = logits.masked_fill(~allowed, float("-inf"))  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)
+    return F.cross_entropy(logits.reshape(-1, vocab.size), labels.reshape(-1), ignore_index=-100, reduction=reduction)
+
+
+def plain_output_layer(model: PreTrainedModel) -> bool:
+    """Whether the logits are the output layer applied to the decoder's last hidden states and
+    nothing more (no soft-capping or scaling after it, as Gemma 2 and Cohere do), so that a caller
+    may apply that layer to the positions it needs only."""
+    config = model.config.get_text_config()
+    return (model.get_output_embeddings() is not None
+            and getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) in (None, 1.0))
 
 
 def num_params(model: torch.nn.Module) -> int:
