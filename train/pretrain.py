@@ -62,8 +62,7 @@ from ugen.training import (
     forward_backward,
     make_optimizer,
     resume,
-    save_checkpoint,
-    save_sharded_checkpoint,
+    save_run_checkpoint,
     split_codes,
     step_batch,
     warmup_cosine,
@@ -233,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
     config = vars(args) | {"vocab": vocab.to_dict()}  # the process count is not in it: any count trains the same
 
-    state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler,
-                   {"config": config, "schedule": schedule.to_dict()}, log=dist.main)
+    checkpoint_state = {"schedule": schedule.to_dict(), "config": config}  # what a checkpoint keeps, and resume checks
+    state = resume(run / "checkpoints", args.resume, model, optimizer, scheduler, checkpoint_state, log=dist.main)
     start = state["step"] if state else 0  # the schedule is a function of the step: resume checked it is the same
 
     if dist.main:  # one JSON line per --log-every steps: loss, lr, active ids, speed, validation losses
@@ -312,11 +311,7 @@ def main(argv: list[str] | None = None) -> None:
                     postfix["mfu"] = f"{100 * shown['mfu']:.1f}%"
                 bar.set_postfix(postfix | {k: f"{v:.2f}" for k, v in val.items()})
             if checkpoint:
-                checkpoint_state = {"schedule": schedule.to_dict(), "config": config}
-                if args.fsdp:
-                    save_sharded_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, checkpoint_state, dist)
-                elif dist.main:
-                    save_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, checkpoint_state)
+                save_run_checkpoint(run / "checkpoints", done, model, optimizer, scheduler, checkpoint_state, dist)
             speed.restart()  # validation and checkpoints are not training time
         else:
             step = args.steps
@@ -325,11 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics.close()
 
     # -- save ---------------------------------------------------------------------------------
-    checkpoint_state = {"schedule": schedule.to_dict(), "config": config}
-    if args.fsdp:
-        save_sharded_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, checkpoint_state, dist)
-    elif dist.main:
-        save_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, checkpoint_state)
+    save_run_checkpoint(run / "checkpoints", step, model, optimizer, scheduler, checkpoint_state, dist)
     whole = dist.full_model(model)  # under FSDP, gathered from every process
     if dist.main:
         out = Path(args.out or run / "model")

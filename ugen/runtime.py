@@ -101,6 +101,12 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, final)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the complete directory `tmp` to `final`; an existing `final` is moved aside first and
+    deleted only after, so some complete version is always in place."""
     old = final.parent / f".old-{final.name}-{os.getpid()}"
     if final.exists():
         final.rename(old)

@@ -24,7 +24,7 @@ from ugen.data import Source, open_split
 from ugen.data.cache import CodeCache, load_cache
 from ugen.errors import UserError, one_line
 from ugen.model import masked_loss
-from ugen.runtime import atomic_dir, rng_state, set_rng_state, write_json
+from ugen.runtime import atomic_dir, replace_dir, rng_state, set_rng_state, write_json
 from ugen.schedule import VocabSchedule
 from ugen.sequences import IGNORE, TEXT_TASKS, RowSampler, apply_active_vocab, pack
 from ugen.text_tokenizer import Tokenizer
@@ -309,9 +309,24 @@ def save_checkpoint(
         save_model(model, str(tmp / "model.safetensors"))  # writes tied embeddings (one tensor, two names) once
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
         write_json(tmp / "state.json", {"step": step, **state})
-    for old in sorted(checkpoints(directory))[:-keep]:
-        shutil.rmtree(old[1], ignore_errors=True)
+    _prune(directory, keep)
     return final
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    for _, path in checkpoints(directory)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def save_run_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
+                        state: dict[str, Any], dist: Distributed) -> None:
+    """A training run's checkpoint as its processes hold the model: sharded under --fsdp (every
+    process writes), else one file of the whole model written by the main process."""
+    if dist.fsdp:
+        save_sharded_checkpoint(directory, step, model, optimizer, scheduler, state, dist)
+    elif dist.main:
+        save_checkpoint(directory, step, model, optimizer, scheduler, state)
 
 
 def save_sharded_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
@@ -334,10 +349,8 @@ def save_sharded_checkpoint(directory: Path, step: int, model: torch.nn.Module, 
     if dist.main:
         torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
         write_json(tmp / "state.json", {"step": step, **state})
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(checkpoints(directory))[:-keep]:
-            shutil.rmtree(old[1], ignore_errors=True)
+        replace_dir(tmp, final)
+        _prune(directory, keep)
     dist.barrier()
     return final
 
@@ -427,10 +440,9 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> None:
     """Restore model, optimizer, LR schedule and RNGs in place, from either kind of checkpoint."""
-    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
     if (path / "dcp").is_dir():
         return _load_sharded_checkpoint(path, model, optimizer, scheduler)
-    if sharded:
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):  # an FSDP model
         raise UserError(f"checkpoint {path} was written without --fsdp: resume it without --fsdp")
     try:
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
