@@ -95,9 +95,17 @@ def test_compiled_decode_draws_what_eager_draws(engine):
     kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=0.7, cfg=1.5),
               uncond_prompts=[t2i_prompt(V, None)] * 3, stop_ids=(V.eoi,))
     run = lambda e, seed: e.generate(cond, generator=torch.Generator().manual_seed(seed), **kw)
+    text = lambda e: e.generate([[V.bos, *V.from_text([7])], [V.bos, *V.from_text([2, 5, 9])]], max_new_tokens=5,
+                                params=SamplingParams(temperature=0.9, top_k=20), allow_images=True,
+                                generator=torch.Generator().manual_seed(2))
     for seed in (0, 1):
         assert run(compiled, seed) == run(engine, seed)
     assert list(compiled._static_caches) == [(8, 16)]  # 6 rows and 16 slots: one bucket, one compile
+    # Another variant (no CFG, text rows, top-k), then the first again: only the first step of a
+    # call checks the guards that pick the variant, later steps skip them.
+    assert text(compiled) == text(engine)
+    assert run(compiled, 3) == run(engine, 3)
+    assert list(compiled._static_caches) == [(8, 16), (2, 16)]
 
 
 def test_temperature_zero_is_greedy(engine):

@@ -10,8 +10,9 @@ conditional and unconditional rows in one batch and mixes `u + s * (c - u)`.
 
 A decode step costs little beyond the model's matrix products: under SDPA it passes a ready 4D
 mask (transformers would build one from the 2D padding mask every step), a batch of image rows
-runs a known number of steps without asking the device whether all are done, and the step can be
-compiled (`Engine(compile=...)`: CUDA graphs on CUDA).
+runs a known number of steps without asking the device whether all are done, the token is drawn
+inside the step (the noise `torch.multinomial` would draw, from the caller's generator), and the
+whole step, forward to token, can be compiled (`Engine(compile=...)`: CUDA graphs on CUDA).
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ class Engine:
     `compile` runs the decode step through `torch.compile` with static shapes (prefill stays eager:
     one call, many shapes); on CUDA in mode "reduce-overhead", where CUDA graphs replay a step's
     hundreds of small kernels as one launch. None means on CUDA (with SDPA attention) only: on
-    2 CPU threads (benchmarks/sampler.py: the tiny preset, 16 images with CFG) the compiled step
-    draws the same tokens only about 1.25x faster than the eager one (0.28 s against 0.35 s on a
-    quiet machine; a step there is mostly matrix products), and each new (rows, cache length)
-    bucket takes some 15-20 s to compile, which tests and the CLI should not pay.
+    2 CPU threads (benchmarks/sampler.py, the default model, 16 images with CFG) the compiled step
+    draws the same tokens about 1.45x faster than the eager one (0.22 s against 0.31 s), but each
+    new (rows, cache length) bucket takes some 5-20 s to compile, which tests and one-off CLI
+    calls should not pay.
     """
 
     def __init__(self, model: torch.nn.Module, vocab: Vocab, grid: int, compile: bool | None = None):
@@ -107,7 +108,7 @@ class Engine:
             raise ValueError(f"a compiled decode step needs SDPA attention in full-attention layers (one fixed-shape "
                              f"mask); this model has {attention} attention")
         self.compile = self.device.type == "cuda" and self.mask_4d if compile is None else compile
-        self._compiled_forward = None  # built at the first compiled step
+        self._compiled_tokens = None  # built at the first compiled step
         self._static_caches: dict[tuple[int, int], StaticCache] = {}  # compiled path: one per shape bucket
 
     def _image_state(self, prompt: list[int]) -> tuple[bool, int]:
@@ -129,21 +130,61 @@ class Engine:
             logits_to_keep=1, **({"cache_position": slots} if isinstance(kv, StaticCache) else {}),
         ).logits[:, -1].float()
 
-    def _compiled_decode(self):
-        """`_forward` compiled for decode steps: static cache, 4D mask, shapes fixed by `_bucket`.
-        Dynamo keeps torch._dynamo.config.recompile_limit (8) variants of `_forward`, buckets and
-        engines together; past that it runs new ones eagerly, which is slower but still right."""
+    def _next_tokens(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                     kv: StaticCache | DynamicCache | None, slots: torch.Tensor, partner: torch.Tensor | None,
+                     cfg: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor | None,
+                     in_image: torch.Tensor, n_codes: torch.Tensor, text_allowed: torch.Tensor, top_k: int,
+                     top_p: float) -> torch.Tensor:
+        """One step from the model's inputs to the token drawn for every row (R,).
+
+        A conditional row r is mixed with its unconditional row partner[r] (no partner: no CFG),
+        and every row is masked by the modality state of the prompt it is fed (`in_image`, `n_codes`,
+        (R,)), so that all shapes are the bucket's whatever the number of prompts: the compiled step
+        covers this whole function, not the forward alone. The caller keeps the conditional rows.
+        `cfg` and `temperature` are 0-d tensors, so that a new value is not a new compile.
+
+        Sampling is `argmax(p / noise)` with `noise` ~ Exp(1) (R, V), drawn by the caller from its
+        generator: exactly what `torch.multinomial(p, 1)` does, the same tokens for the same
+        generator, but inside the compiled step and without multinomial's check of `p`, which
+        waits for the device. No noise means greedy.
+        """
+        logits = self._forward(ids, positions, mask, kv, slots)
+        if partner is not None:
+            uncond = logits[partner]
+            logits = uncond + cfg * (logits - uncond)
+        allowed = torch.where(in_image[:, None], self.allowed_image, text_allowed)  # (R, V)
+        allowed = torch.where((in_image & (n_codes >= self.image_len))[:, None], self.allowed_eoi, allowed)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        if noise is None:
+            return logits.argmax(-1)
+        probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+        return (probs / noise).argmax(-1)
+
+    def _compiled_step(self):
+        """`_next_tokens` compiled for the decode steps of one call: static cache, 4D mask, shapes
+        fixed by `_bucket`. Dynamo keeps torch._dynamo.config.recompile_limit (8) variants of
+        `_next_tokens`, buckets and engines together; past that it runs new ones eagerly, which is
+        slower but still right."""
         cuda = self.device.type == "cuda"
-        if self._compiled_forward is None:
-            mode = "reduce-overhead" if cuda else None
-            self._compiled_forward = torch.compile(self._forward, dynamic=False, mode=mode)
-        if not cuda:
-            return self._compiled_forward
+        if self._compiled_tokens is None:
+            # CUDA graphs replay a step's hundreds of kernel launches as one; on the CPU the C++
+            # wrapper calls the step's kernels without Python in between (about 6% of a step).
+            kind = {"mode": "reduce-overhead"} if cuda else {"options": {"cpp_wrapper": True}}
+            self._compiled_tokens = torch.compile(self._next_tokens, dynamic=False, **kind)
+        first = True
 
         def step(*args):
-            # A new replay of the CUDA graph: the last step's outputs, all read by now, may be overwritten.
-            torch.compiler.cudagraph_mark_step_begin()
-            return self._compiled_forward(*args)
+            nonlocal first
+            if cuda:  # a new replay of the CUDA graph: the last step's outputs, all read by now, may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            if first:
+                first = True
+                return self._compiled_tokens(*args)
+            # Every later step of the call passes the same objects, shapes and dtypes as the first,
+            # whose guards all ran and chose (or compiled) this variant: checking them again would
+            # cost some 0.4 ms a step on the CPU (7% of a tiny step).
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return self._compiled_tokens(*args)
 
         return step
 
@@ -207,8 +248,14 @@ class Engine:
         out = torch.full((n, max_new_tokens), v.pad, dtype=torch.long, device=self.device)
 
         state = [self._image_state(p) for p in prompts]
-        in_image = torch.tensor([s[0] for s in state], device=self.device)  # (B,)
-        n_codes = torch.tensor([s[1] for s in state], device=self.device)  # (B,)
+        # Per row (R,): the modality state of the prompt whose tokens the row is fed (see `source`).
+        in_image = torch.tensor([s[0] for s in state], device=self.device)[source]
+        n_codes = torch.tensor([s[1] for s in state], device=self.device)[source]
+        # A conditional row's unconditional row; fillers and unconditional rows pair with themselves.
+        partner = (torch.cat([torch.arange(n) + n, torch.arange(n, n_rows)]).to(self.device) if guided else None)
+        cfg = torch.tensor(params.cfg, device=self.device)
+        temperature = torch.tensor(params.temperature or 1.0, device=self.device)
+        noise = torch.ones((n_rows, v.size), device=self.device) if params.temperature > 0 else None
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         stops = torch.tensor(stop_ids, device=self.device)
         text_allowed = self.allowed_text_or_image if allow_images else self.allowed_text
@@ -227,42 +274,35 @@ class Engine:
                   else StaticCache(config=self.model.config, max_cache_len=cache_len))
         else:
             kv = DynamicCache() if cache == "dynamic" else None
-        decode = self._compiled_decode() if compiled else self._forward
+        decode = self._compiled_step() if compiled else self._next_tokens
         step_ids, step_pos = ids, positions
         slots = torch.arange(length, device=self.device)  # the cache slots this step writes
         steps = 0
         for step in range(n_steps):
             if step > 0 and cache == "static" and self.mask_4d:
-                logits = decode(step_ids, step_pos, seen_4d, kv, slots)  # (R, V)
+                next_tokens, mask = decode, seen_4d
             else:  # the keys so far: transformers adds causality (and pads to a static cache's length)
-                logits = self._forward(step_ids, step_pos, seen[:, : length + step], kv, slots)
-            if guided:
-                cond, uncond = logits[:n], logits[n : len(rows)]
-                logits = uncond + params.cfg * (cond - uncond)  # (B, V)
-            else:
-                logits = logits[:n]
-            allowed = torch.where(in_image[:, None], self.allowed_image, text_allowed)  # (B, V)
-            allowed = torch.where((in_image & (n_codes >= self.image_len))[:, None], self.allowed_eoi, allowed)
-            logits = logits.masked_fill(~allowed, float("-inf"))
-            token = self._draw(logits, params, generator)  # (B,)
+                next_tokens, mask = self._next_tokens, seen[:, : length + step]
+            if noise is not None:
+                noise[:n].exponential_(generator=generator)  # the conditional rows' draw; the rest stay 1
+            token = next_tokens(step_ids, step_pos, mask, kv, slots, partner, cfg, temperature, noise, in_image,
+                                n_codes, text_allowed, params.top_k, params.top_p)[:n]  # (B,)
             token = torch.where(done, torch.full_like(token, v.pad), token)
             out[:, step] = token
             steps = step + 1
-
-            is_code = in_image & (token >= v.image_start)
-            n_codes = torch.where(token == v.boi, 0, n_codes + is_code.long())
-            in_image = (in_image | (token == v.boi)) & (token != v.eoi)
             done = done | torch.isin(token, stops)
             if steps == n_steps or (ask_done and bool(done.all())):
                 break
 
-            new = token[source][:, None]  # (R, 1)
+            new = token[source]  # (R,)
+            in_image, n_codes = (in_image | (new == v.boi)) & (new != v.eoi), torch.where(
+                new == v.boi, 0, n_codes + (in_image & (new >= v.image_start)).long())
             seen[:, length + step] = True  # the slot `new` is written to
             slots = slots[-1:] + 1
             if kv is not None:
-                step_ids, step_pos = new, step_pos[:, -1:] + 1
+                step_ids, step_pos = new[:, None], step_pos[:, -1:] + 1
             else:  # recompute everything: the reference the cached path is tested against
-                step_ids = torch.cat([step_ids, new], dim=1)
+                step_ids = torch.cat([step_ids, new[:, None]], dim=1)
                 step_pos = torch.cat([step_pos, step_pos[:, -1:] + 1], dim=1)
 
         results = []
@@ -270,11 +310,3 @@ class Engine:
             cut = next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
             results.append(row[:cut])
         return results
-
-    @staticmethod
-    def _draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-        if params.temperature == 0:
-            return logits.argmax(-1)
-        logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
-        probs = logits.softmax(-1)  # (B, V)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
