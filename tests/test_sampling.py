@@ -1,9 +1,11 @@
 """The sampling engine: static cache = dynamic cache = no cache (4D and 2D masks), compiled = eager,
-greedy is argmax, seeds reproduce, modality holds, image rows decode without a host sync a step."""
+greedy is argmax (with CFG too), seeds reproduce, modality holds, only active image ids are drawn, image
+rows decode without a host sync a step."""
 
 import pytest
 import torch
 
+from ugen.errors import UserError
 from ugen.model import build_model
 from ugen.sampling import CACHES, Engine, SamplingParams, filter_logits
 from ugen.sequences import caption_prompt, t2i_prompt, vqa_prompt
@@ -158,10 +160,63 @@ def test_modality_constraints_hold_for_an_untrained_model(engine):
                 i += 1
 
 
-def test_cfg_scale_one_matches_plain_conditional_sampling(engine):
-    cond = [t2i_prompt(V, [4, 5])]
-    kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=0, cfg=1.0), stop_ids=(V.eoi,))
-    assert engine.generate(cond, uncond_prompts=[t2i_prompt(V, None)], **kw) == engine.generate(cond, **kw)
+def test_greedy_cfg_is_the_guided_argmax_computed_by_hand(engine):
+    """Each step's token is argmax over image ids (then <eoi>) of u + s * (c - u), where c and u
+    are the model's last logits on the conditional and unconditional sequences so far, recomputed
+    here without a cache or padding; two prompts of different lengths test the left padding."""
+    scale = 3.0
+    prompts = [t2i_prompt(V, [4, 5, 6, 7]), t2i_prompt(V, [9])]
+    uncond = t2i_prompt(V, None)
+    out = engine.generate(prompts, max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=0, cfg=scale),
+                          uncond_prompts=[uncond] * 2, stop_ids=(V.eoi,))
+    last = lambda ids: engine.model(input_ids=torch.tensor([ids])).logits[0, -1]
+    guidance_mattered = False
+    for prompt, row in zip(prompts, out):
+        assert len(row) == GRID * GRID + 1
+        cond_ids, uncond_ids = list(prompt), list(uncond)
+        for i, token in enumerate(row):
+            allowed = torch.zeros(V.size, dtype=torch.bool)
+            if i < GRID * GRID:
+                allowed[V.image_start :] = True
+            else:
+                allowed[V.eoi] = True
+            c, u = last(cond_ids), last(uncond_ids)
+            guided = (u + scale * (c - u)).masked_fill(~allowed, float("-inf"))
+            assert token == int(guided.argmax())
+            guidance_mattered |= token != int(c.masked_fill(~allowed, float("-inf")).argmax())
+            cond_ids.append(token)
+            uncond_ids.append(token)
+    assert guidance_mattered  # the plain conditional argmax would have drawn other codes
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_only_active_image_ids_are_drawn(engine, cfg):
+    """A model saved before its vocabulary schedule finished never trained the inactive ids."""
+    active = torch.zeros(V.num_image, dtype=torch.bool)
+    active[[3, 17, 40, 41]] = True
+    kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=2.0, cfg=cfg),
+              uncond_prompts=[t2i_prompt(V, None)] * 8, stop_ids=(V.eoi,))
+    prompts = [t2i_prompt(V, [i]) for i in range(8)]
+    codes = lambda e: {c for row in e.generate(prompts, generator=torch.Generator().manual_seed(0), **kw)
+                       for c in V.to_codes(row)}
+    masked = codes(Engine(engine.model, V, GRID, active_image=active))
+    assert masked <= {3, 17, 40, 41} and len(masked) > 1
+    assert not codes(engine) <= {3, 17, 40, 41}  # without the mask, inactive ids are drawn
+
+
+def test_no_active_image_id_refuses_images_and_still_writes_text(engine):
+    """A model saved in its text-only phase: an image is a clear error, not NaNs; text still works
+    and never opens an image it could not fill."""
+    text_only = Engine(engine.model, V, GRID, active_image=torch.zeros(V.num_image, dtype=torch.bool))
+    with pytest.raises(UserError, match="no active image ids"):
+        text_only.generate([t2i_prompt(V, [1])], max_new_tokens=GRID * GRID + 1, stop_ids=(V.eoi,))
+    kw = dict(max_new_tokens=20, params=SamplingParams(temperature=2.0), allow_images=True)
+    prompts = [[V.bos]] * 16
+    rows = text_only.generate(prompts, generator=torch.Generator().manual_seed(0), **kw)
+    assert all(V.text_start <= t < V.image_start or t == V.eos for row in rows for t in row)
+    assert any(V.boi in row for row in engine.generate(prompts, generator=torch.Generator().manual_seed(0), **kw))
+    with pytest.raises(ValueError, match="active_image must be a bool mask of shape"):
+        Engine(engine.model, V, GRID, active_image=torch.ones(V.num_image + 1, dtype=torch.bool))
 
 
 def test_filter_logits_keeps_top_k_and_nucleus():

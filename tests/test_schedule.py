@@ -1,12 +1,14 @@
-"""The progressive-vocabulary schedule: phases, growth, order, and exact resumption."""
+"""The progressive-vocabulary schedule: phases, growth, order, exact resumption, and no weight decay
+on the rows of ids not switched on yet."""
 
 import numpy as np
 import pytest
 import torch
 
+from ugen.model import build_model, masked_loss
 from ugen.schedule import VocabSchedule, build_schedule
 from ugen.sequences import IGNORE, apply_active_vocab, collate, t2i_row
-from ugen.model import masked_loss
+from ugen.training import make_optimizer
 from ugen.vocab import Vocab
 
 
@@ -72,3 +74,32 @@ def test_inactive_ids_are_masked_as_inputs_ignored_as_targets_and_out_of_the_sof
     remap = torch.cumsum(keep.long(), 0) - 1
     expected = torch.nn.functional.cross_entropy(sub, remap[masked["labels"][0][valid]])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_weight_decay_leaves_the_rows_of_inactive_image_ids_alone(tied):
+    """Rows of ids not switched on yet get no gradient: AdamW must not shrink them (their decay
+    would pull them to zero before they are ever trained), while a hidden matrix with no gradient
+    decays by exactly (1 - lr * wd)."""
+    vocab = Vocab(num_text=10, num_image=8)
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab, 32, torch.device("cpu"))
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    lr, wd = 0.1, 0.5
+    optimizer = make_optimizer(model, lr, wd)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trained = torch.arange(vocab.image_start)  # specials and text ids; every image id is inactive
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    for layer in (model.model.embed_tokens, model.lm_head):
+        layer.weight.grad[trained] = torch.randn(len(trained), layer.weight.shape[1])
+    optimizer.step()
+
+    after = dict(model.named_parameters())
+    for name in {"model.embed_tokens.weight", "lm_head.weight"} & set(after):
+        assert torch.equal(after[name][vocab.image_start :], before[name][vocab.image_start :]), name
+        assert not torch.equal(after[name][trained], before[name][trained])  # the rows with gradients did move
+    q = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(after[q], before[q] * (1 - lr * wd), rtol=1e-6, atol=0)
+    assert not torch.equal(after[q], before[q])

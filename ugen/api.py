@@ -19,6 +19,7 @@ from ugen.errors import UserError
 from ugen.model import load_transformer, read_meta
 from ugen.runtime import pick_device
 from ugen.sampling import Engine, SamplingParams
+from ugen.schedule import VocabSchedule
 from ugen.sequences import caption_prompt, t2i_prompt, text_qa_prompt, vqa_prompt
 from ugen.text_tokenizer import load_text_tokenizer
 from ugen.vocab import Vocab
@@ -51,6 +52,16 @@ def read_image(image: ImageLike, size: int) -> np.ndarray:
     return square_rgb(image, size)
 
 
+def trained_codes(meta: dict) -> torch.Tensor | None:
+    """The image codes a model directory's training switched on, bool (num_image,), or None (all)
+    when its ugen.json lacks the schedule or the step. A model saved before its progressive
+    vocabulary schedule finished never trained the rest: their rows are still at initialization."""
+    if "schedule" not in meta or "step" not in meta:
+        return None
+    # "step" counts the steps done: the last one trained, step - 1, had the most codes on.
+    return VocabSchedule.from_dict(meta["schedule"]).active_codes(meta["step"] - 1)
+
+
 class UGen:
     def __init__(self, directory: str | os.PathLike, device: str | torch.device = "auto", dtype: torch.dtype | None = None):
         directory = Path(directory)
@@ -60,7 +71,7 @@ class UGen:
         self.text = load_text_tokenizer(directory / self.meta["text_tokenizer"])
         self.image_tokenizer = ImageTokenizer.load(directory / self.meta["vq"], device=self.device)
         self.model = load_transformer(directory, self.device, dtype)
-        self.engine = Engine(self.model, self.vocab, self.image_tokenizer.grid)
+        self.engine = Engine(self.model, self.vocab, self.image_tokenizer.grid, active_image=trained_codes(self.meta))
         self.image_size = self.image_tokenizer.config.image_size
         self.image_len = self.image_tokenizer.grid**2
         self.directory = directory

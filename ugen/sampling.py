@@ -3,9 +3,10 @@
 Prefill the left-padded prompts once, then decode a token at a time with a preallocated (static)
 KV cache (LlamaGen's structure); the prefill computes logits for the last position only. Modality
 is enforced on the logits, so even an untrained model emits well-formed sequences: inside an
-image span only image ids may be drawn and exactly grid*grid of them, then <eoi>; outside it only
-text ids (less those the vocabulary never emits: a pretrained LM's own specials) and the few
-specials that may follow text. Classifier-free guidance puts the
+image span only image ids may be drawn (only the active ones: a model saved before its progressive
+vocabulary schedule switched every id on never trained the others) and exactly grid*grid of them,
+then <eoi>; outside it only text ids (less those the vocabulary never emits: a pretrained LM's own
+specials) and the few specials that may follow text. Classifier-free guidance puts the
 conditional and unconditional rows in one batch and mixes `u + s * (c - u)`.
 
 A decode step costs little beyond the model's matrix products: under SDPA it passes a ready 4D
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StaticCache
 
+from ugen.errors import UserError
 from ugen.vocab import Vocab
 
 
@@ -81,22 +83,29 @@ class Engine:
     draws the same tokens about 1.45x faster than the eager one (0.22 s against 0.31 s), but each
     new (rows, cache length) bucket takes some 5-20 s to compile, which tests and one-off CLI
     calls should not pay.
+
+    `active_image` (bool, (num_image,)) names the image codes that may be drawn; None allows all.
     """
 
-    def __init__(self, model: torch.nn.Module, vocab: Vocab, grid: int, compile: bool | None = None):
+    def __init__(self, model: torch.nn.Module, vocab: Vocab, grid: int, compile: bool | None = None,
+                 active_image: torch.Tensor | None = None):
         self.model, self.vocab = model, vocab
         self.image_len = grid * grid
         self.device = next(model.parameters()).device
         v = vocab
+        if active_image is not None and tuple(active_image.shape) != (v.num_image,):
+            raise ValueError(f"active_image must be a bool mask of shape ({v.num_image},), not {tuple(active_image.shape)}")
         image = torch.zeros(v.size, dtype=torch.bool)
-        image[v.image_start :] = True
+        image[v.image_start :] = True if active_image is None else active_image.bool().cpu()
+        self.draws_images = bool(image.any())  # a model saved in its text-only phase has no image id to draw
         text = torch.zeros(v.size, dtype=torch.bool)
         text[v.text_start : v.text_end] = True
         text[v.from_text(list(v.never_emitted))] = False  # a pretrained LM's own specials and padding rows
         text[v.eos] = True
         self.allowed_image = image.to(self.device)  # inside an image span
         self.allowed_text = text.to(self.device)  # outside: text pieces and <eos>
-        self.allowed_text_or_image = text.clone().index_fill_(0, torch.tensor([v.boi]), True).to(self.device)
+        # Text may open an image only when there are image ids to fill it with.
+        self.allowed_text_or_image = text.clone().index_fill_(0, torch.tensor([v.boi]), self.draws_images).to(self.device)
         self.allowed_eoi = (torch.arange(v.size) == v.eoi).to(self.device)  # an image span is full
         # SDPA takes a ready 4D boolean mask as is, which spares transformers building one from the
         # 2D padding mask each step (~0.15 ms a step on the CPU); flash-attn unpads by the 2D mask,
@@ -248,6 +257,9 @@ class Engine:
         out = torch.full((n, max_new_tokens), v.pad, dtype=torch.long, device=self.device)
 
         state = [self._image_state(p) for p in prompts]
+        if not self.draws_images and any(inside and codes < self.image_len for inside, codes in state):
+            raise UserError("this model has no active image ids (saved before its vocabulary schedule switched any on): "
+                            "it cannot draw images")
         # Per row (R,): the modality state of the prompt whose tokens the row is fed (see `source`).
         in_image = torch.tensor([s[0] for s in state], device=self.device)[source]
         n_codes = torch.tensor([s[1] for s in state], device=self.device)[source]

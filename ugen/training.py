@@ -238,9 +238,15 @@ class Throughput:
 
 # -- optimization -----------------------------------------------------------------------------
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (norms and biases are not decayed)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW with decay on matrices only: norms, biases, the input embedding and the output layer
+    are not decayed. An image id that progressive vocabulary learning has not switched on yet gets
+    no gradient in its embedding and output rows; decay alone would shrink those rows every step
+    toward zero before the id is ever trained."""
+    # The two may be one tied parameter; a parameter is compared by identity (tensor == compares values).
+    vocab_matrices = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in vocab_matrices]
+    no_decay = [p for p in params if p.dim() < 2 or id(p) in vocab_matrices]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=torch.cuda.is_available())
 
