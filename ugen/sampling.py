@@ -187,7 +187,7 @@ class Engine:
             if cuda:  # a new replay of the CUDA graph: the last step's outputs, all read by now, may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
             if first:
-                first = True
+                first = False
                 return self._compiled_tokens(*args)
             # Every later step of the call passes the same objects, shapes and dtypes as the first,
             # whose guards all ran and chose (or compiled) this variant: checking them again would
