@@ -25,11 +25,9 @@ to benchmarks/results.jsonl with the device named (unless --no-save).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -41,9 +39,8 @@ from ugen.sampling import Engine, SamplingParams
 from ugen.sequences import t2i_prompt
 from ugen.vocab import Vocab
 
-from speed import device_name, sync  # benchmarks/ is the script's directory, first on sys.path
+from speed import device_name, report, sync  # benchmarks/ is the script's directory, first on sys.path
 
-RESULTS = Path(__file__).with_name("results.jsonl")
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown")
 SHAPES = ("circle", "square")
 
@@ -158,10 +155,7 @@ def main() -> None:
         "speedup_vs_no_cache": round(seconds["engine_no_cache"] / seconds["engine"], 2),
         "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python benchmarks/sampler.py", *sys.argv[1:]]),
     }
-    if not args.no_save:
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(result) + "\n")
-    print(json.dumps(result, indent=2))
+    report(result, save=not args.no_save, indent=2)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def report(result: dict, save: bool = True, indent: int | None = None) -> None:
+    """Print a benchmark's result and, unless told not to, append it to results.jsonl."""
+    print(json.dumps(result, indent=indent))
+    if save:
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -241,12 +249,10 @@ def main(argv: list[str] | None = None) -> None:
         result = {"benchmark": "train_speed", "preset": preset, "device": device_name(device), "torch": torch.__version__,
                   **train_speed(preset, device, args, vocab, sampler), **decode_speed(preset, device, vocab, grid, args.decode_rows),
                   "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])])}
-        print(json.dumps(result))
+        report(result)
         print(f"| {preset} | {result['device']} | {result['padded_tokens_per_s']:,} | {result['packed_tokens_per_s']:,} | "
               f"{result['bare_tokens_per_s']:,} | {result['packed_vs_padded']}x | {100 * result['packed_vs_bare']:.0f}% | "
               f"{result.get('mfu_packed', '-')} | {result['packed_peak_memory_mb']:,} MB |")
-        with RESULTS.open("a") as f:
-            f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ Writes `results.json` (every score with its sample count), `report.md` and its p
                  that one object.
   understanding  captions of the test images: attribute precision / recall / F1, count accuracy
                  and place (spatial layout) precision / recall / F1 against the scene; BLEU-4 and CIDEr-D (x10 scale, not in [0, 1]) against the reference
-                 captions; `single_object` (the caption names exactly the right color and shape); VQA
+                 captions; `single_object` (the caption names exactly the right color and shape);
+                 `single_object_pil`: the same for single shapes drawn by a plain PIL script
+                 (eval/pil_shapes.py: other shades, sizes, places, backgrounds); VQA
                  exact match by question type; `perception`: the fine-grained subset (the small
                  object's color, whether a small object is present, the color at a place).
   reconstruction image -> caption -> image by the model, scored against the original by the
@@ -68,13 +70,16 @@ from ugen.errors import UserError
 from ugen.model import read_meta
 from ugen.runtime import pick_device, run_main, write_json
 from ugen.sampling import SamplingParams
-from ugen.shapes import COLORS, SHAPES, Scene, ShapeObject, make_examples, parse
+from ugen.shapes import COLORS, SHAPES, Scene, ShapeObject, caption_objects, make_examples, parse
+
+from pil_shapes import draw_single_shapes  # eval/, the script's directory, is first on sys.path
 
 PROMPTS = Path(__file__).with_name("prompts") / "geneval.json"
 SHAPES_ONLY_PARTS = ("GenEval generation and its judge, caption attributes, VQA and perception, text QA, "
                      "reconstruction object F1 and the summary row")
 PERCEPTION_TYPES = ("small_color", "small_present", "color_at")  # in the spirit of MMT-Bench
 JUDGE_MINIMUM = 0.99
+PIL_SHAPES = 200  # single shapes drawn by eval/pil_shapes.py for the model to caption
 GRID_IMAGES = 16  # samples shown per generation task in the report
 
 
@@ -106,7 +111,7 @@ def generation(model, prompts, images_per_prompt: int, params: SamplingParams, s
     scores["overall"] = {"score": geneval.overall({t: r["score"] for t, r in scores.items()}),
                          "n": sum(r["n"] for r in scores.values())}
 
-    single = [(f"a {c} {s}", Scene((ShapeObject(s, c, "large", 4),))) for c in COLORS for s in SHAPES]
+    single = [(f"a {c} {s}", Scene((ShapeObject(s, c, "large", 24.0, 24.0, 15.0),))) for c in COLORS for s in SHAPES]
     codes = model.generate_codes([p for p, _ in single], images_per_prompt, params, seed)
     flags = [image_shows(img, scene) for img, (_, scene) in
              zip(model.decode_codes(codes), (x for x in single for _ in range(images_per_prompt)))]
@@ -132,6 +137,13 @@ def understanding(model, examples, seed: int, shapes: bool) -> tuple[dict, list[
                 for k in ("precision", "recall", "f1", "count_correct", "place_precision", "place_recall", "place_f1")}
     singles = [(c, e) for c, e in zip(captions, examples) if len(e.scene.objects) == 1]
     results["caption_single_object"] = {"score": mean(caption_names_scene(c, e.scene) for c, e in singles), "n": len(singles)}
+    # Single shapes another program drew (its own shades, sizes, places, backgrounds): the caption
+    # must name that one color and shape, and nothing else.
+    drawn = draw_single_shapes(PIL_SHAPES, seed=0, size=model.image_size)
+    named = model.caption([image for image, _, _ in drawn], seed=seed)
+    results["caption_single_object_pil"] = {
+        "score": mean([(c, s) for _, c, s in caption_objects(text)] == [(color, shape)] for text, (_, shape, color) in zip(named, drawn)),
+        "n": len(drawn)}
 
     by_type = question_answering(model.answer, [(e.image, q, a, kind) for e in examples for q, a, kind in e.qa], seed)
     results |= accuracy_rows("vqa", by_type)

@@ -28,7 +28,10 @@ def assert_same_training(reference, other, steps):
     second = load_file(other / "model" / "model.safetensors")
     assert first.keys() == second.keys()
     for name in first:
-        torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-5, msg=name)
+        # atol 1e-4 (a twentieth of the learning rate): Adam divides each gradient by its own
+        # running scale, so an element whose gradient is near zero (an output row of a rare image
+        # id) turns the float noise of another reduction order into a visible step (3e-5 seen).
+        torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-4, msg=name)
 
 
 @pytest.fixture(scope="module")

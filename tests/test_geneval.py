@@ -30,7 +30,9 @@ def prompts():
 
 
 def obj(shape, color, cell, size="large"):
-    return ShapeObject(shape, color, size, cell)
+    """An object in the middle of one cell of a 3x3 grid (16 px apart: further than the
+    relation margin, so relations read as on the grid)."""
+    return ShapeObject(shape, color, size, 8.0 + 16 * (cell % 3), 8.0 + 16 * (cell // 3), 14.0 if size == "large" else 8.0)
 
 
 def spec(task, prompt, *items, relation=None):
@@ -163,3 +165,11 @@ def test_caption_places_score_the_spatial_layout():
     assert (m["place_precision"], m["place_recall"]) == (0.5, 0.5)  # the circle is at the top left
     assert caption_attributes("a red circle at the top left", scene)["place_precision"] == 1.0
     assert caption_attributes(short_caption(scene), scene)["place_f1"] == 0.0  # no place said
+
+
+def test_position_is_read_from_centres_with_a_margin():
+    s = spec("position", "...", (1, "red", "circle"), (1, "blue", "square"), relation="left of")
+    circle = ShapeObject("circle", "red", "small", 20.0, 10.0, 8.0)
+    square = lambda x, y: ShapeObject("square", "blue", "small", x, y, 8.0)  # noqa: E731
+    assert score([circle, square(26.0, 40.0)], s)  # 6 px further right, whatever the height
+    assert not score([circle, square(25.5, 40.0)], s)  # 5.5 px: too close to call

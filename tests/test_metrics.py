@@ -6,7 +6,14 @@ import pytest
 from ugen.metrics import accuracy_by_type, answer_correct, caption_names_scene, cider, image_shows, mean
 from ugen.shapes import BACKGROUND, Scene, ShapeObject, render
 
-RED_CIRCLE = Scene((ShapeObject("circle", "red", "large", 4),))
+
+def at_cell(shape, color, size, cell):
+    """An object in the middle of one cell of a 3x3 grid of the 48 px image (cells 16 px apart:
+    further than the relation margin, so left of / above read as on the grid)."""
+    return ShapeObject(shape, color, size, 8.0 + 16 * (cell % 3), 8.0 + 16 * (cell // 3), 14.0 if size == "large" else 8.0)
+
+
+RED_CIRCLE = Scene((at_cell("circle", "red", "large", 4),))
 
 
 def test_caption_scores():
@@ -14,16 +21,16 @@ def test_caption_scores():
     assert not caption_names_scene("a large blue circle in the center", RED_CIRCLE)  # wrong color
     assert not caption_names_scene("a large red square in the center", RED_CIRCLE)  # wrong shape
     assert not caption_names_scene("a red circle and a blue square", RED_CIRCLE)  # an extra object
-    two = Scene((ShapeObject("circle", "red", "small", 0), ShapeObject("circle", "red", "large", 8)))
+    two = Scene((at_cell("circle", "red", "small", 0), at_cell("circle", "red", "large", 8)))
     assert caption_names_scene("two red circles", two)
 
 
 def test_image_scores_use_the_parser():
     assert image_shows(render(RED_CIRCLE), RED_CIRCLE)
     # The prompt "a red circle" fixes color and shape only: another size and place still counts.
-    elsewhere = Scene((ShapeObject("circle", "red", "small", 0),))
+    elsewhere = Scene((at_cell("circle", "red", "small", 0),))
     assert image_shows(render(elsewhere), RED_CIRCLE)
-    assert not image_shows(render(Scene((ShapeObject("circle", "green", "large", 4),))), RED_CIRCLE)
+    assert not image_shows(render(Scene((at_cell("circle", "green", "large", 4),))), RED_CIRCLE)
     blank = np.full((48, 48, 3), BACKGROUND, dtype=np.uint8)
     assert not image_shows(blank, RED_CIRCLE)
 

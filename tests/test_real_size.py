@@ -22,7 +22,7 @@ def test_every_stage_at_128_px(tmp_path):
     vq = run_script("tokenizers/train_vq.py", "--out", str(run / "vq"), "--image-size", "128", "--downsample", "16",
                     "--steps", "3", "--batch-size", "4", *DATA, "--wandb", "disabled")
     assert "vq:" in vq.stdout
-    assert json.loads((run / "vq" / "vq.json").read_text())["channels"] == [16, 32, 64, 128]
+    assert json.loads((run / "vq" / "vq.json").read_text())["channels"] == [24, 48, 96, 192]  # Shapes: 24, doubling
     run_script("tokenizers/train_text.py", "--out", str(run / "text"), *DATA)
     run_script("train/pretrain.py", "--run-dir", str(run), "--steps", "3", "--batch-tokens", "256", "--warmup", "1",
                "--text-only-steps", "1", "--eval-every", "3", *DATA, "--wandb", "disabled")

@@ -8,8 +8,15 @@ from ugen import rewards
 from ugen.shapes import BACKGROUND, Scene, ShapeObject, render
 from ugen.vq import ImageTokenizer, VQConfig
 
-A = Scene((ShapeObject("circle", "red", "large", 0), ShapeObject("square", "blue", "small", 8)))
-B = Scene((ShapeObject("circle", "red", "large", 0),))
+
+def at_cell(shape, color, size, cell):
+    """An object in the middle of one cell of a 3x3 grid of the 48 px image (cells 16 px apart:
+    further than the relation margin, so left of / above read as on the grid)."""
+    return ShapeObject(shape, color, size, 8.0 + 16 * (cell % 3), 8.0 + 16 * (cell // 3), 14.0 if size == "large" else 8.0)
+
+
+A = Scene((at_cell("circle", "red", "large", 0), at_cell("square", "blue", "small", 8)))
+B = Scene((at_cell("circle", "red", "large", 0),))
 BLANK = np.full((48, 48, 3), BACKGROUND, dtype=np.uint8)
 
 

@@ -20,9 +20,9 @@ judged on the parsed objects:
   position       "a <color> <shape> <relation> a <color> <shape>" with the relation worded as in
                  the training passages and questions ("a red circle to the left of a blue
                  square", "... above ..."). Some object matching A (color and shape) and some
-                 other object matching B stand in the relation, read on the 3x3 grid as in
-                 `shapes.RELATIONS`: "to the left of" is a strictly smaller column (any row),
-                 "above" a strictly smaller row (any column).
+                 other object matching B stand in the relation, read from their centres as in
+                 `shapes.RELATIONS`: "to the left of" is a centre at least RELATION_MARGIN
+                 (6 px of 48) further left, whatever the heights; "above" likewise.
   color_attr     "a <color> <shape> and a <color> <shape>", two different shapes with two
                  different colors. Both bindings must hold: an object of the first shape in the
                  first color and one of the second shape in the second color (swapped colors
@@ -41,16 +41,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ugen.shapes import (
-    COLORS,
-    GRID,
-    NUMBER_WORDS,
-    RELATIONS,
-    SHAPES,
-    SIZES,
-    Scene,
-    ShapeObject,
-)
+from ugen.shapes import COLORS, NUMBER_WORDS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject, place
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 # Relation name -> its wording in prompts (the training text's wording) and its test on (a, b).
@@ -166,25 +157,24 @@ def score(found: list[ShapeObject], spec: PromptSpec) -> bool:
     if spec.task == "position":
         a, b = spec.items
         holds = _RELATION_TESTS[RELATION_WORDS[spec.relation]]
-        return any(holds(x, y) for x in found if _is(x, a) for y in found if _is(y, b) and y.cell != x.cell)
+        return any(holds(x, y) for x in found if _is(x, a) for y in found if _is(y, b) and y is not x)
     raise ValueError(f"unknown task {spec.task!r}")
 
 
 def ground_truth_scene(spec: PromptSpec, rng: random.Random) -> Scene:
     """A scene that realizes the prompt and nothing more: each item's objects with the named
-    color and size (random where unnamed), in random cells (for position, cells in the relation)."""
-    kinds = [(i.shape, i.color, i.size) for i in spec.items for _ in range(i.count)]
+    color and size (random where unnamed), at random free places (for position, places in the
+    relation)."""
+    kinds = [(i.shape, i.color or rng.choice(list(COLORS)), i.size or rng.choice(SIZES)) for i in spec.items for _ in range(i.count)]
+    test = None
     if spec.relation is not None:
         holds = _RELATION_TESTS[RELATION_WORDS[spec.relation]]
-        cell = lambda k: ShapeObject("circle", "red", "small", k)  # noqa: E731 - only row/col matter
-        cells = list(rng.choice([(p, q) for p, q in itertools.permutations(range(GRID * GRID), 2)
-                                 if holds(cell(p), cell(q))]))
-    else:
-        cells = rng.sample(range(GRID * GRID), len(kinds))
-    return Scene(tuple(
-        ShapeObject(shape, color or rng.choice(list(COLORS)), size or rng.choice(SIZES), k)
-        for (shape, color, size), k in zip(kinds, cells)
-    ))
+        test = lambda objects: holds(objects[0], objects[1])  # noqa: E731
+    while True:  # a layout for four large objects may take a few draws of sizes
+        objects = place(rng, kinds, test=test)
+        if objects is not None:
+            return Scene(objects)
+        kinds = [(shape, color, "small") if rng.random() < 0.5 else (shape, color, size) for shape, color, size in kinds]
 
 
 def overall(task_scores: dict[str, float]) -> float:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ugen.sequences import IGNORE, collate, text_row
-from ugen.shapes import COLORS, PLACE_PHRASES, SHAPES, Scene, caption_objects, parse, scene_matches
+from ugen.shapes import COLORS, PLACE_PHRASES, SHAPES, Scene, caption_objects, match_count, parse, scene_matches
 
 # "<color> <shape> <place phrase>", the long captions' way of placing an object; the longer place
 # phrases come first so that "at the top left" is not read as "at the top".
@@ -66,7 +66,8 @@ def caption_attributes(caption: str, scene: Scene) -> dict:
     object recall only, a wrong color both. size_precision / size_recall / size_f1: on (size,
     color, shape), only when the caption gives any size (a mention without one never matches
     there), else None. place_precision / place_recall / place_f1: on (color, shape, place) for
-    the objects the caption places ("a red circle at the top left"), the spatial layout.
+    the objects the caption places ("a red circle at the top left") against the objects whose
+    place has a clear name, the spatial layout.
     count_correct: as many objects mentioned as the scene has.
     """
     mentions = caption_objects(caption)
@@ -77,7 +78,7 @@ def caption_attributes(caption: str, scene: Scene) -> dict:
            "count_correct": len(mentions) == len(scene.objects)}
     placed = Counter((c, s, _PLACE_OF_PHRASE[p]) for c, s, p in _PLACED.findall(caption.lower()))
     out.update(zip(("place_precision", "place_recall", "place_f1"),
-                   _prf(placed, Counter((o.color, o.shape, o.position) for o in scene.objects))))
+                   _prf(placed, Counter((o.color, o.shape, o.position) for o in scene.objects if o.position))))
     if any(size is not None for size, _, _ in mentions):
         sized = _prf(Counter(mentions), Counter((o.size, o.color, o.shape) for o in scene.objects))
         out.update(zip(("size_precision", "size_recall", "size_f1"), sized))
@@ -162,6 +163,6 @@ def tokenizer_metrics(tokenizer, examples, batch_size: int = 16) -> dict[str, fl
     }
     if scenes:
         total = sum(len(e.scene.objects) for e in examples)
-        metrics["parser_object_accuracy"] = sum(len(set(f) & set(e.scene.objects)) for f, e in zip(found, examples)) / max(1, total)
+        metrics["parser_object_accuracy"] = sum(match_count(f, e.scene.objects) for f, e in zip(found, examples)) / max(1, total)
         metrics["parser_image_exact"] = mean(scene_matches(f, e.scene) for f, e in zip(found, examples))
     return metrics

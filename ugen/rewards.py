@@ -7,7 +7,6 @@ plain callables so that a reward is a weighted sum of any of them (`build_reward
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +15,7 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ugen.errors import UserError
-from ugen.shapes import Scene, parse
+from ugen.shapes import Scene, match_count, parse
 
 
 def _unit(images: np.ndarray) -> torch.Tensor:
@@ -27,13 +26,14 @@ def _unit(images: np.ndarray) -> torch.Tensor:
 
 
 def object_f1(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
-    """F1 of the parsed objects (shape, color, size, place) of the reconstruction against the
-    scene (or, without one, against the parse of the original); two empty sets score 1."""
-    truth = Counter(scene.objects if scene is not None else parse(original))
-    found = Counter(parse(reconstruction))
+    """F1 of the parsed objects (shape, color, size, and place within `shapes.MATCH_DISTANCE`) of
+    the reconstruction against the scene (or, without one, against the parse of the original);
+    two empty sets score 1."""
+    truth = scene.objects if scene is not None else parse(original)
+    found = parse(reconstruction)
     if not truth and not found:
         return 1.0
-    return 2 * sum((truth & found).values()) / (sum(truth.values()) + sum(found.values()))
+    return 2 * match_count(found, truth) / (len(truth) + len(found))
 
 
 def ssim(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
