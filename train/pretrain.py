@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -337,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{minutes:.1f} min -> {out}")
         wandb_run.summary.update({"final_step": step, "minutes": minutes, **total})
         wandb_run.finish()
+    # The DDP wrapper's reducer goes before the process group: freed after it (as main returns),
+    # its destructor waited forever on the destroyed gloo group's lock (seen in CI, now and then).
+    del train_model, wrapped
+    gc.collect()
     dist.barrier()
     dist.close()
 
