@@ -26,6 +26,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 # Small enough for seconds of CPU, large enough that every task has rows.
 TINY_DATA = ["--num-train", "200", "--num-val", "40"]
+# A script that runs longer than this has hung (the slowest here take about 2 minutes): fail the
+# test instead of using up CI's time.
+SCRIPT_TIMEOUT_S = 600
 
 
 def run_script(script: str, *args: str, check: bool = True, processes: int = 1) -> subprocess.CompletedProcess:
@@ -36,7 +39,12 @@ def run_script(script: str, *args: str, check: bool = True, processes: int = 1) 
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    result = subprocess.run([*launcher, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        result = subprocess.run([*launcher, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=SCRIPT_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        tail = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else err.stderr or ""
+        raise AssertionError(f"{script} ran past {SCRIPT_TIMEOUT_S} s (hung?):\n{tail[-3000:]}") from None
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
