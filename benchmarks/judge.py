@@ -38,6 +38,7 @@ THRESHOLDS = {  # measure: (threshold, which side an object lies on)
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator, sigma: float = 8.0) -> np.ndarray:
+    """A 3×3 box blur then Gaussian noise: a stand-in for a decoder's soft edges (tests use it too)."""
     x = image.astype(np.float32)
     h, w, _ = x.shape
     padded = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
@@ -46,6 +47,8 @@ def degrade(image: np.ndarray, rng: np.random.Generator, sigma: float = 8.0) -> 
 
 
 def smears(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Blurred blocks of palette colors mixed with the background, a clear border kept: what decoded
+    random codes look like, and no object."""
     palette = np.array(list(S.COLORS.values()), dtype=np.float32)
     out = []
     for _ in range(n):
@@ -55,11 +58,6 @@ def smears(n: int, rng: np.random.Generator) -> list[np.ndarray]:
         padded = np.pad(smear, ((1, 1), (1, 1), (0, 0)), mode="edge")
         out.append((sum(padded[dy:dy + 48, dx:dx + 48] for dy in range(3) for dx in range(3)) / 9).astype(np.uint8))
     return out
-
-
-def measured(image: np.ndarray) -> list[S.BlobMeasures]:
-    pixels, bg, found = S.regions(image)
-    return [S._measure(pixels, bg, region) for region in found]
 
 
 def main() -> None:
@@ -86,7 +84,7 @@ def main() -> None:
             found = S.parse(image)
             right += S.match_count(found, truth)
             total += len(truth)
-            for m in measured(image):  # the blobs at a true object's place, whatever the thresholds say
+            for m in S.measure(image):  # the blobs at a true object's place, whatever the thresholds say
                 at = [o for o in truth if math.dist((m.x, m.y), (o.x, o.y)) <= S.MATCH_DISTANCE]
                 if at:
                     true_blobs.append((kind, m, at[0].shape))
@@ -97,7 +95,7 @@ def main() -> None:
     smeared = smears(100, rng)
     accuracy["smear_objects_read"] = sum(len(S.parse(image)) for image in smeared)
     for image in smeared:
-        smear_blobs += measured(image)
+        smear_blobs += S.measure(image)
 
     def percentiles(blobs, measure):
         values = [getattr(m, measure) for m in blobs]

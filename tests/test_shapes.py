@@ -17,18 +17,10 @@ from PIL import Image
 from ugen import shapes as S
 from ugen.data import Example
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
-from pil_shapes import draw_single_shapes  # noqa: E402  (eval/ holds scripts, not a package)
-
-
-def _degrade(image: np.ndarray, rng: np.random.Generator, sigma: float = 8.0) -> np.ndarray:
-    """A 3×3 box blur then Gaussian noise: a stand-in for a VQ reconstruction's soft edges."""
-    x = image.astype(np.float32)
-    h, w, _ = x.shape
-    padded = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    x = sum(padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)) / 9
-    x = x + rng.normal(0.0, sigma, x.shape)
-    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "eval"), str(ROOT / "benchmarks")]  # script folders, not packages
+from judge import degrade as _degrade, smears  # noqa: E402  (a 3×3 box blur then noise: a decoder's soft edges)
+from pil_shapes import draw_single_shapes  # noqa: E402
 
 
 def _parse_accuracy(scenes, images) -> tuple[float, Counter]:
@@ -218,17 +210,7 @@ def test_parse_blank_finds_nothing():
 
 def test_parse_smeared_colors_finds_nothing():
     """Blurred blocks of mixed palette colors (what random VQ codes decode to) are no objects."""
-    rng = np.random.default_rng(0)
-    palette = np.array(list(S.COLORS.values()), dtype=np.float32)
-    found = 0
-    for _ in range(50):
-        blocks = palette[rng.integers(0, 8, (12, 12))]  # (12, 12, 3)
-        mix = rng.random((12, 12, 1))
-        smear = (blocks * mix + np.array(S.BACKGROUND) * (1 - mix)).repeat(4, 0).repeat(4, 1)  # (48, 48, 3)
-        smear[:2], smear[-2:], smear[:, :2], smear[:, -2:] = S.BACKGROUND, S.BACKGROUND, S.BACKGROUND, S.BACKGROUND
-        padded = np.pad(smear, ((1, 1), (1, 1), (0, 0)), mode="edge")
-        smear = sum(padded[dy:dy + 48, dx:dx + 48] for dy in range(3) for dx in range(3)) / 9
-        found += len(S.parse(smear.astype(np.uint8)))
+    found = sum(len(S.parse(smear)) for smear in smears(50, np.random.default_rng(0)))
     assert found <= 5
 
 

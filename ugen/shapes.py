@@ -612,7 +612,7 @@ def _median3(pixels: np.ndarray) -> np.ndarray:
 class BlobMeasures:
     """What the parser measures of one foreground region, before it judges whether it is an
     object (`_is_object`): exposed so that its thresholds can be chosen on measured data
-    (benchmarks/judge.py)."""
+    (benchmarks/judge.py, through `measure`)."""
 
     color: tuple[float, float, float]  # the fill: median of the inner pixels
     palette_distance: float  # RGB distance to the nearest of the eight colors
@@ -714,20 +714,19 @@ def background_of(pixels: np.ndarray) -> np.ndarray:
     return np.median(ring, axis=0)
 
 
-def regions(image: np.ndarray | Image.Image) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """The image (48 px, float), its background color and its foreground regions: connected parts
-    that stand out from the background (after a 3×3 median filter, which drops speckles)."""
+def measure(image: np.ndarray | Image.Image) -> list[BlobMeasures]:
+    """What the parser measures of each foreground region of an image (any size, resized to 48 px):
+    the connected parts that stand out from the background after a 3×3 median filter (which drops
+    speckles), before it judges which are objects."""
     pixels = _to_array(image)
     bg = background_of(pixels)
     foreground = np.linalg.norm(_median3(pixels) - bg, axis=-1) > _CANDIDATE_DIST
-    return pixels, bg, [r for r in _components(foreground) if r.sum() >= _MIN_PIXELS]
+    return [_measure(pixels, bg, region) for region in _components(foreground) if region.sum() >= _MIN_PIXELS]
 
 
 def parse(image: np.ndarray | Image.Image) -> list[ShapeObject]:
     """The objects in an image (any size, resized to 48 px), in reading order."""
-    pixels, bg, found = regions(image)
-    measured = [_measure(pixels, bg, region) for region in found]
-    return list(Scene(tuple(_object(m) for m in measured if _is_object(m))).objects)
+    return list(Scene(tuple(_object(m) for m in measure(image) if _is_object(m))).objects)
 
 
 def match_count(found: Iterable[ShapeObject], truth: Iterable[ShapeObject],
