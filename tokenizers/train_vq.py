@@ -76,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     shapes = args.data == "shapes"
     # Shapes' objects sit anywhere at any extent: its 6x6 codes need the wider network and the
-    # longer run (on validation scenes the parser reads 98.5% of reconstructed objects, against
-    # 96.1% with 16,32,64 and 3000 steps and 91% with 1500; benchmarks/judge.py).
+    # longer run (on validation scenes the parser reads 98.2% of reconstructed objects, against
+    # 96.1% with 16,32,64 and 3000 steps and 91% with 1500: the metrics this script prints).
     if args.steps is None:
         args.steps = 3000 if shapes else 1500
     for name in ("steps", "batch_size"):

@@ -151,7 +151,6 @@ RELATIONS = (
     ("above", above),
     ("below", lambda a, b: above(b, a)),
 )
-_OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
 
 
 @dataclass(frozen=True)
@@ -431,7 +430,7 @@ def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
     for a, b in itertools.permutations(named, 2):
         for words, holds in RELATIONS:
             truth = holds(a, b)
-            if truth or dict(RELATIONS)[_OPPOSITE[words]](a, b):
+            if truth or holds(b, a):  # the opposite relation from a to b is this one from b to a
                 facts.append((f"is {refs[a]} {words} {refs[b]}?", truth))
     for truth in (True, False):
         pool = [q for q, t in facts if t == truth]
