@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ugen.grpo import group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
+from ugen.grpo import Guidance, group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
 from ugen.model import build_model
+from ugen.sampling import Engine, SamplingParams
 from ugen.sequences import caption_prompt, t2i_prompt
 from ugen.vocab import Vocab
 
@@ -111,3 +112,55 @@ def test_policy_logits_score_the_tempered_policy_the_rollouts_were_drawn_from():
         plain = policy_logits(model, batch)
         torch.testing.assert_close(policy_logits(model, batch, temperature=0.5), plain * 2)
         torch.testing.assert_close(policy_logits(model, batch, temperature=0.0), plain)  # greedy: scored at 1
+
+
+def _guided_rollouts(cfg: float):
+    """Two images drawn greedily with CFG by the engine, from captions of different lengths, with
+    only 12 of the 16 image ids active (a model saved mid-schedule)."""
+    vocab = Vocab(num_text=30, num_image=16)
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab, 96, torch.device("cpu")).eval()
+    active = torch.arange(16) < 12
+    engine = Engine(model, vocab, grid=3, active_image=active)
+    prompts = [t2i_prompt(vocab, [3, 4]), t2i_prompt(vocab, [5, 6, 7, 8, 9])]
+    uncond = t2i_prompt(vocab, None)
+    completions = engine.generate(prompts, params=SamplingParams(temperature=0.0, cfg=cfg), uncond_prompts=[uncond] * 2,
+                                  max_new_tokens=10, stop_ids=(vocab.eoi,))
+    guidance = Guidance.of(uncond, completions, vocab.is_image, vocab.pad, cfg, engine.allowed_image)
+    return vocab, model, active, prompts, uncond, completions, guidance
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_guided_policy_is_what_the_engine_drew_from(cfg):
+    vocab, model, active, prompts, uncond, completions, guidance = _guided_rollouts(cfg)
+    batch = rollout_batch(prompts, completions, vocab.is_image, vocab.pad)
+    with torch.no_grad():
+        logits = policy_logits(model, batch, guidance=guidance)
+    # The engine drew greedily from the guided, masked distribution: its tokens are that argmax.
+    assert torch.equal(logits.argmax(-1)[batch.trained], batch.targets[batch.trained])
+    # By hand, row by row without padding: u + cfg * (c - u) at the 9 code positions, over the
+    # active image ids alone.
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        def code_logits(prefix):
+            ids = torch.tensor([prefix + completion])
+            with torch.no_grad():
+                out = model(input_ids=ids).logits[0]
+            return out[len(prefix) - 1 : len(prefix) - 1 + 9]  # (9, V): the positions predicting the codes
+        c, u = code_logits(prompt), code_logits(uncond)
+        guided = (u + cfg * (c - u))[:, vocab.image_start :][:, active]
+        codes = torch.tensor(vocab.to_codes(completion[:9]))
+        expected = guided.log_softmax(-1).gather(1, codes[:, None]).squeeze(1)
+        ours = token_logprobs(logits, batch.targets)[0][row][batch.trained[row]]
+        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_guided_scoring_sends_gradient_through_both_prompts_and_stays_finite():
+    vocab, model, _, prompts, _, completions, guidance = _guided_rollouts(3.0)
+    batch = rollout_batch(prompts, completions, vocab.is_image, vocab.pad)
+    logits = policy_logits(model, batch, guidance=guidance)
+    logp, entropy = token_logprobs(logits, batch.targets)
+    assert torch.isfinite(logp[batch.trained]).all() and torch.isfinite(entropy).all()
+    loss, stats = grpo_loss(logits, batch.targets, batch.trained, torch.tensor([1.0, -1.0]), logp.detach(), logp.detach())
+    assert math.isfinite(loss.item()) and stats["ratio"] == pytest.approx(1.0)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

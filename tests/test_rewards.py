@@ -28,6 +28,15 @@ def test_object_f1():
     assert rewards.object_f1(render(B), render(B)) == 1.0  # no scene: the original's parse is the truth
 
 
+def test_named_f1_checks_color_and_shape_not_size_or_place():
+    moved = Scene((at_cell("circle", "red", "small", 4), at_cell("square", "blue", "large", 2)))  # A's kinds elsewhere
+    assert rewards.object_f1(render(A), render(moved), A) == 0.0
+    assert rewards.named_f1(render(A), render(moved), A) == 1.0
+    recolored = Scene((at_cell("circle", "green", "large", 0), at_cell("square", "blue", "small", 8)))
+    assert rewards.named_f1(render(A), render(recolored), A) == pytest.approx(2 * 1 / (2 + 2))
+    assert rewards.named_f1(render(A), BLANK, A) == 0.0
+
+
 def test_ssim_and_feature_cosine_are_one_for_identical_images():
     assert rewards.ssim(render(A), render(A)) == pytest.approx(1.0)
     assert rewards.ssim(render(A), BLANK) < 0.9

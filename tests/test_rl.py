@@ -23,12 +23,14 @@ def metrics_rows(run_dir):
 def test_two_step_rl_run_alternates_stages_and_writes_a_model(tiny_model_dir, tmp_path):
     out = tmp_path / "model-rl"
     result = run_script("train/rl.py", "--model", str(tiny_model_dir), "--out", str(out), "--steps", "2",
-                        "--sample-every", "1", *SMALL)
+                        "--sample-every", "1", "--short-captions", "1", *SMALL)
     assert "stage1 reward" in result.stdout and "stage2 reward" in result.stdout and "held-out reconstruction" in result.stdout
     rows, probes = metrics_rows(tmp_path / "rl")
     assert [r["stage"] for r in rows] == [1, 2]
     assert 0.0 <= rows[0]["stage1/reward"] <= 1.0 and 0.0 <= rows[1]["stage2/reward"] <= 1.0
     assert all(k in rows[0] for k in ("kl", "clip_fraction", "entropy", "caption_tokens", "flat_groups"))
+    # every stage-2 image drawn from its short caption, and the stage's reward is that one's
+    assert rows[1]["stage2/short_caption_reward"] == rows[1]["stage2/reward"]
     assert [r["step"] for r in probes] == [0, 2]  # before training and at its end
     assert all(0.0 <= r["probe/reconstruction"] <= 1.0 for r in probes)
     assert (tmp_path / "rl" / "samples" / "step-00002.png").is_file()
@@ -50,7 +52,7 @@ def test_rl_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
 
 def test_bad_rl_arguments_are_one_line_errors(tiny_model_dir, tmp_path, capsys):
     for extra, message in [(["--reward", "bleu"], "unknown reward"), (["--group-size", "1"], "--group-size"),
-                           (["--reward", "hf_cosine"], "--reward-model")]:
+                           (["--reward", "hf_cosine"], "--reward-model"), (["--short-captions", "1.5"], "--short-captions")]:
         result = run_in_process(capsys, "train/rl.py", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), *extra)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     missing = run_in_process(capsys, "train/rl.py", "--model", str(tmp_path / "none"))

@@ -8,7 +8,10 @@ reward of both is how well the image comes back, `reward(original, reconstructio
   stage 1  generation for understanding: G captions sampled per image (temperature, top-p), an
            image drawn from each by the current model (no gradient), GRPO on the caption tokens.
   stage 2  understanding for generation: one greedy caption per image, G images sampled from it
-           with CFG, GRPO on the image tokens.
+           with CFG, GRPO on the image tokens, scored on the guided distribution they were drawn
+           from. On Shapes, `--short-captions` of the images are drawn from their short caption
+           instead ('two red circles and a blue square', what GenEval asks), rewarded by
+           `named_f1` (the colors and shapes it names, not sizes or places).
 
 `--stages 1`, `2` or `alternate` (1, 2, 1, ...). The loss (`ugen.grpo.grpo_loss`) normalizes
 advantages within each group, clips the importance ratio, adds a k3 KL to the frozen starting model
@@ -38,11 +41,13 @@ from tqdm import tqdm
 from ugen.api import GENERATE_DEFAULTS, GREEDY, load
 from ugen.data import add_data_args, data_of_model
 from ugen.errors import UserError
-from ugen.grpo import group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
+from ugen.grpo import Guidance, group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
 from ugen.model import read_meta, save_model_dir
-from ugen.rewards import DEFAULT_REWARD, REWARDS, build_reward
+from ugen.rewards import DEFAULT_REWARD, REWARDS, build_reward, named_f1
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
 from ugen.sampling import SamplingParams
+from ugen.sequences import t2i_prompt
+from ugen.shapes import short_caption
 from ugen.training import (
     MetricsLog,
     add_run_dir_args,
@@ -80,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # +0.017 at 1.0 against +0.008 at 0.7, and GenEval fell about as much (-0.03) in both (README).
     rl.add_argument("--image-temperature", type=float, default=1.0, help="stage 2 image sampling")
     rl.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="stage 2 guidance scale")
+    rl.add_argument("--short-captions", type=float, default=0.5,
+                    help="Shapes: the share of stage 2's images drawn from their short caption instead of the "
+                         "model's own, rewarded by named_f1 (color and shape only)")
     rl.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (constant after warmup)")
     rl.add_argument("--warmup", type=int, default=5, help="linear warmup steps")
     rl.add_argument("--epochs", type=int, default=2, help="optimizer passes over each batch of rollouts")
@@ -100,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
     if args.probe_every < 0:
         raise UserError(f"--probe-every must be >= 0, not {args.probe_every}")
+    if not 0 <= args.short_captions <= 1:
+        raise UserError(f"--short-captions must be in [0, 1], not {args.short_captions}")
     if args.group_size < 2:
         raise UserError("--group-size must be >= 2: GRPO's advantages compare samples within a group")
     return args
@@ -115,19 +125,22 @@ class RolloutParams:
     image: SamplingParams  # stage 2's sampled images
 
 
-def rollout(policy, stage: int, codes: np.ndarray, group_size: int, params: RolloutParams, generator: torch.Generator):
+def rollout(policy, stage: int, codes: np.ndarray, group_size: int, params: RolloutParams, generator: torch.Generator,
+            given: list[list[int] | None] | None = None):
     """G rollouts for each of N images (their codes), in groups of G: the prompts, the sampled
     completions GRPO trains, the caption of each rollout (text-piece ids) and its reconstruction
-    as (N * G, H, W, 3) pixels. Nothing here keeps a gradient."""
+    as (N * G, H, W, 3) pixels. In stage 2, `given[i]` (text-piece ids), where not None, is drawn
+    instead of image i's greedy caption. Nothing here keeps a gradient."""
     vocab = policy.vocab
     if stage == 1:  # G sampled captions per image, each drawn back into an image
         prompts, completions = policy.draw_captions(np.repeat(codes, group_size, axis=0), params.caption, generator, MAX_CAPTION_TOKENS)
-        captions = completions
-        drawn = policy.draw_codes([vocab.to_text(c) for c in captions], GENERATE_DEFAULTS, generator)[2]
-    else:  # one greedy caption per image, G images sampled from it
-        _, captions = policy.draw_captions(codes, GREEDY, generator, MAX_CAPTION_TOKENS)
-        captions = [c for c in captions for _ in range(group_size)]
-        prompts, completions, drawn = policy.draw_codes([vocab.to_text(c) for c in captions], params.image, generator)
+        captions = [vocab.to_text(c) for c in completions]
+        drawn = policy.draw_codes(captions, GENERATE_DEFAULTS, generator)[2]
+    else:  # one caption per image (greedy, or given), G images sampled from it
+        _, greedy = policy.draw_captions(codes, GREEDY, generator, MAX_CAPTION_TOKENS)
+        given = given or [None] * len(codes)
+        captions = [g if g is not None else vocab.to_text(c) for c, g in zip(greedy, given) for _ in range(group_size)]
+        prompts, completions, drawn = policy.draw_codes(captions, params.image, generator)
     return prompts, completions, captions, policy.decode_codes(drawn)
 
 
@@ -240,20 +253,33 @@ def main(argv: list[str] | None = None) -> None:
         originals = [source.image(row) for row in rows for _ in range(G)]
         scenes = [source.scene(row) for row in rows for _ in range(G)]
 
+        # Stage 2 draws some Shapes images from their short caption ('two red circles and a blue
+        # square', GenEval's kind of prompt) rather than the model's own long one, rewarded for what
+        # that caption names (UAE's understanding for generation, on the prompts generation gets).
+        short = (rng.random(B) < args.short_captions) if stage == 2 and args.data == "shapes" else np.zeros(B, bool)
+        given = [policy.text.encode(short_caption(source.scene(row))) if s else None for row, s in zip(rows, short)]
+
         model.eval()
-        prompts, completions, caption_ids, pictures = rollout(policy, stage, np.asarray(cache.codes[pick]), G, params, generator)
-        rewards = torch.tensor([reward_fn(o, p, s) for o, p, s in zip(originals, pictures, scenes)])
+        prompts, completions, captions, pictures = rollout(policy, stage, np.asarray(cache.codes[pick]), G, params, generator, given)
+        rewards = torch.tensor([named_f1(o, p, s) if named else reward_fn(o, p, s)
+                                for o, p, s, named in zip(originals, pictures, scenes, np.repeat(short, G))])
         advantages = group_advantages(rewards, G).to(device)
         temperature = (params.caption if stage == 1 else params.image).temperature
         batch = rollout_batch(prompts, completions, stage_tokens(vocab, stage), vocab.pad).to(device)
+        # Stage 2's images were drawn with CFG from the image ids the engine allows: the ratio and
+        # the KL score that distribution, not the conditional one alone.
+        guidance = None if stage == 1 else Guidance.of(
+            t2i_prompt(vocab, None), completions, stage_tokens(vocab, 2), vocab.pad, params.image.cfg,
+            policy.engine.allowed_image).to(device)
         with torch.no_grad():
-            old = token_logprobs(policy_logits(model, batch, temperature), batch.targets)[0]
-            ref = token_logprobs(policy_logits(reference, batch, temperature), batch.targets)[0] if reference is not None else None
+            old = token_logprobs(policy_logits(model, batch, temperature, guidance), batch.targets)[0]
+            ref = (token_logprobs(policy_logits(reference, batch, temperature, guidance), batch.targets)[0]
+                   if reference is not None else None)
 
         model.train()
         for _ in range(args.epochs):
-            loss, stats = grpo_loss(policy_logits(model, batch, temperature), batch.targets, batch.trained, advantages, old, ref,
-                                    args.clip_eps, args.kl_beta)
+            loss, stats = grpo_loss(policy_logits(model, batch, temperature, guidance), batch.targets, batch.trained,
+                                    advantages, old, ref, args.clip_eps, args.kl_beta)
             loss.backward()
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -265,13 +291,14 @@ def main(argv: list[str] | None = None) -> None:
         logs = {f"stage{stage}/reward": float(rewards.mean()), "stage": stage, "loss": loss.item(),
                 "kl": stats["kl"], "clip_fraction": stats["clip_fraction"], "entropy": stats["entropy"],
                 "flat_groups": float((rewards.view(-1, G).std(dim=1) == 0).float().mean()),
-                "caption_tokens": float(np.mean([len(vocab.to_text(c)) for c in caption_ids])),
+                "caption_tokens": float(np.mean([len(c) for c in captions])),
+                **({"stage2/short_caption_reward": float(rewards.view(B, G)[torch.from_numpy(short)].mean())} if short.any() else {}),
                 "lr": scheduler.get_last_lr()[0]}
         wandb_run.log(logs, step=done)
         metrics.write(done, logs)
         bar.set_postfix(stage=stage, reward=f"{rewards.mean():.3f}", kl=f"{stats['kl']:.4f}", clip=f"{stats['clip_fraction']:.2f}")
         if done % args.sample_every == 0 or done == 1:
-            save_samples(run / "samples", done, originals[::G], pictures[::G], [policy.decode_text(c) for c in caption_ids[::G]], stage)
+            save_samples(run / "samples", done, originals[::G], pictures[::G], [policy.text.decode(c).strip() for c in captions[::G]], stage)
         if args.probe_every and (done % args.probe_every == 0 or done == args.steps):
             run_probe(done)
         if done % args.checkpoint_every == 0 and done < args.steps:

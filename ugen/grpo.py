@@ -64,10 +64,10 @@ def grpo_loss(
       batch, not per sequence and then over sequences, so a long caption is not down-weighted
       per token (as in DAPO). Stage 2's image rollouts all have the same length, so there the two
       agree.
-    - `logits` are the tempered policy (`policy_logits(..., temperature)`), but rollouts may also be
-      drawn with top-p and (images) CFG, which the ratio ignores: it is that of the conditional
-      policy, not of the exact sampling distribution. `old_logprobs` are recomputed the same way
-      before the first pass, so the first pass starts at ratio 1 exactly.
+    - `logits` are the policy the rollouts were drawn from (`policy_logits`: tempered; for images
+      guided and masked as the engine draws them), except for caption top-p, which the ratio
+      ignores. `old_logprobs` are recomputed the same way before the first pass, so the first
+      pass starts at ratio 1 exactly.
 
     Returns (loss, {"kl", "clip_fraction", "entropy", "ratio"}), means over the trained tokens.
     """
@@ -130,13 +130,60 @@ def stage_tokens(vocab, stage: int):
     raise ValueError(f"stage must be 1 or 2, not {stage}")
 
 
-def policy_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
-    """(B, L - 1, V) logits predicting `batch.targets`, divided by the sampling temperature: the
-    policy GRPO scores is the tempered distribution the rollouts were drawn from (greedy, 0, is
-    scored at 1)."""
+@dataclass
+class Guidance:
+    """The image distribution stage 2 samples from, for scoring: classifier-free guidance (the same
+    completions after the unconditional prompt, mixed `u + scale * (c - u)` with the conditional
+    logits; none at scale 1) and the engine's modality mask (only the image ids it may draw at a
+    code, `allowed`), as `Engine` does before its draw."""
+
+    uncond: RolloutBatch | None  # the completions after the unconditional prompt; None at scale 1
+    scale: float
+    allowed: torch.Tensor  # (V,) bool: the image ids the engine may draw
+
+    @classmethod
+    def of(cls, uncond_prompt: list[int], completions: list[list[int]], trainable, pad_id: int, scale: float,
+           allowed: torch.Tensor) -> "Guidance":
+        uncond = None if scale == 1.0 else rollout_batch([uncond_prompt] * len(completions), completions, trainable, pad_id)
+        return cls(uncond, scale, allowed)
+
+    def to(self, device) -> "Guidance":
+        return Guidance(None if self.uncond is None else self.uncond.to(device), self.scale, self.allowed.to(device))
+
+
+# A masked id's logit: far below any real one, yet finite, so that log-softmax and the entropy of
+# the masked distribution stay free of NaN (exp(-inf) * -inf is NaN; exp(-1e9) * -1e9 is 0).
+MASKED_LOGIT = -1e9
+
+
+def _forward(model, batch: RolloutBatch) -> torch.Tensor:
     device = batch.input_ids.device
     # bf16 autocast on CUDA over fp32 weights (as pretraining); no KV cache is built for a training forward
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
-    logits = logits.float()
+    return logits.float()
+
+
+def policy_logits(model, batch: RolloutBatch, temperature: float = 1.0, guidance: Guidance | None = None) -> torch.Tensor:
+    """(B, L - 1, V) logits predicting `batch.targets`, divided by the sampling temperature: the
+    policy GRPO scores is the distribution the rollouts were drawn from (greedy, 0, is scored at 1).
+    With `guidance`, the trained positions hold the guided, masked logits the engine drew from;
+    every trained row then has as many trained tokens (an image's codes), in both batches."""
+    logits = _forward(model, batch)
+    if guidance is not None:
+        n = int(batch.trained[0].sum())
+        if not (batch.trained.sum(1) == n).all():
+            raise ValueError("guided scoring needs the same number of trained tokens in every row")
+        vocab = logits.shape[-1]
+
+        def trained_positions(trained: torch.Tensor) -> torch.Tensor:  # (B, n, V) indices along the sequence
+            return trained.float().argsort(dim=1, descending=True, stable=True)[:, :n, None].expand(-1, -1, vocab)
+
+        at = trained_positions(batch.trained)
+        mixed = logits.gather(1, at)  # (B, n, V)
+        if guidance.uncond is not None:
+            uncond = _forward(model, guidance.uncond).gather(1, trained_positions(guidance.uncond.trained))
+            mixed = uncond + guidance.scale * (mixed - uncond)
+        allowed = F.pad(guidance.allowed, (0, vocab - guidance.allowed.numel()))  # rows past the vocab: never drawn
+        logits = logits.scatter(1, at, mixed.masked_fill(~allowed, MASKED_LOGIT))
     return logits / temperature if temperature > 0 else logits

@@ -36,6 +36,15 @@ def object_f1(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | N
     return 2 * match_count(found, truth) / (len(truth) + len(found))
 
 
+def named_f1(original: np.ndarray, reconstruction: np.ndarray, scene: Scene) -> float:
+    """`object_f1` on what a short caption names, color and shape, ignoring size and place: the
+    reward of an image drawn from 'two red circles and a blue square'."""
+    found = parse(reconstruction)
+    if not scene.objects and not found:
+        return 1.0
+    return 2 * match_count(found, scene.objects, check=("shape", "color")) / (len(scene.objects) + len(found))
+
+
 def ssim(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
     """Structural similarity (torchmetrics), pixels in [0, 1]; for (N, H, W, 3) batches, the mean."""
     return float(structural_similarity_index_measure(_unit(reconstruction), _unit(original), data_range=1.0))
