@@ -56,6 +56,35 @@ def test_downsampling_factor_sets_the_grid_and_the_widths():
     assert latent.shape[-2:] == (16, 16)
 
 
+def _latents(encoder: str, images: torch.Tensor) -> torch.Tensor:
+    """The encoder's output per code, (B, g, g, D), of a random-weight tokenizer."""
+    torch.manual_seed(0)
+    model = ImageTokenizer(VQConfig(channels=[8, 16, 16], encoder=encoder)).eval()
+    with torch.no_grad():
+        return model.encoder(images).permute(0, 2, 3, 1)
+
+
+def test_cell_encoder_sees_only_its_own_cell():
+    # One random 8x8 cell tiled 6x6 times: every code of the cell encoder sees the same pixels, so
+    # every latent is the same; the wide encoder's border codes see the zero padding, so they differ.
+    cell = torch.rand(3, 8, 8) * 2 - 1
+    tiled = cell.repeat(1, 6, 6)[None]
+    for encoder, equal in ("cell", True), ("wide", False):
+        latents = _latents(encoder, tiled).reshape(36, -1)
+        assert torch.allclose(latents, latents[:1].expand_as(latents), atol=1e-5) is equal, encoder
+    # Repaint the pixels of code (2, 3) alone: only that code's latent moves under the cell encoder,
+    # its neighbours' too under the wide one.
+    images = torch.rand(1, 3, 48, 48) * 2 - 1
+    changed = images.clone()
+    changed[..., 16:24, 24:32] = torch.rand(3, 8, 8) * 2 - 1
+    def moved(encoder: str) -> set[tuple[int, int]]:
+        shift = (_latents(encoder, images) - _latents(encoder, changed)).abs().amax(-1)[0]
+        return {tuple(i) for i in (shift > 1e-6).nonzero().tolist()}
+
+    assert moved("cell") == {(2, 3)}
+    assert moved("wide") >= {(r, c) for r in (1, 2, 3) for c in (2, 3, 4)}
+
+
 def test_num_codes():
     assert ImageTokenizer(VQConfig()).num_codes == 1000
     assert ImageTokenizer(VQConfig(quantizer="vq", codebook_size=300)).num_codes == 300
@@ -100,6 +129,8 @@ def test_bad_config_is_a_user_error():
         VQConfig(image_size=64, downsample=16, channels=[16, 32, 64])
     with pytest.raises(UserError, match="quantizer"):
         VQConfig(quantizer="rvq")
+    with pytest.raises(UserError, match="encoder must be one of"):
+        VQConfig(encoder="global")
 
 
 def test_pixel_conversions_and_encode_images():

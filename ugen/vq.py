@@ -33,6 +33,7 @@ from ugen.runtime import write_json
 WEIGHTS_FILE = "vq.safetensors"
 CONFIG_FILE = "vq.json"
 QUANTIZERS = ("fsq", "vq")
+ENCODERS = ("wide", "cell")
 DOWNSAMPLES = (4, 8, 16, 32)  # one stride-2 stage per factor of two
 
 
@@ -51,6 +52,11 @@ class VQConfig:
     downsample: int = 8  # image pixels per code along each side: the code grid is image_size / downsample
     channels: list[int] | None = None  # widths at 1/2, 1/4, ... 1/downsample resolution (None: default_channels)
     res_blocks: int = 1  # residual blocks at the coarsest (code-grid) resolution, in each of enc and dec
+    # What each code sees. "wide": 3x3 convolutions, so a code also encodes its neighbours (the
+    # usual tokenizer). "cell": only its own downsample x downsample pixels (non-overlapping
+    # strides, 1x1 mixing), so equal cells always get equal codes: a plain background is one code
+    # however near an object it lies. The decoder is wide either way.
+    encoder: str = "wide"
     quantizer: str = "fsq"  # "fsq" or "vq"
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # FSQ: codes = product of levels
     codebook_size: int = 1024  # VQ only
@@ -63,6 +69,8 @@ class VQConfig:
         stages = int(math.log2(self.downsample))
         self.channels = default_channels(self.downsample) if self.channels is None else list(self.channels)
         self.levels = list(self.levels)
+        if self.encoder not in ENCODERS:
+            raise UserError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
         if self.quantizer not in QUANTIZERS:
             raise UserError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
         if self.image_size <= 0 or self.image_size % self.downsample:
@@ -91,10 +99,11 @@ class VQConfig:
 class ResBlock(nn.Module):
     """conv-act-conv with a skip: lets the coarse stage mix neighbouring codes' context cheaply."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, kernel: int = 3):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1),
+            nn.Conv2d(width, width, kernel, padding=kernel // 2), nn.SiLU(),
+            nn.Conv2d(width, width, kernel, padding=kernel // 2),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,14 +112,16 @@ class ResBlock(nn.Module):
 
 def _encoder(config: VQConfig) -> nn.Sequential:
     first, *rest = config.channels
+    cell = config.encoder == "cell"  # no kernel reaches past the code's own cell
     layers: list[nn.Module] = [
         # Space-to-depth instead of a full-resolution conv: each 2x2 pixel block becomes 12
         # channels, so no layer runs at full resolution (the costliest place on a CPU).
-        nn.PixelUnshuffle(2), nn.Conv2d(12, first, 3, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
+        nn.PixelUnshuffle(2), nn.Conv2d(12, first, 1 if cell else 3, padding=0 if cell else 1), nn.SiLU(),  # (B, c1, H/2, W/2)
     ]
     for wider, width in zip(config.channels, rest):  # each stage halves the resolution
-        layers += [nn.Conv2d(wider, width, 4, stride=2, padding=1), nn.SiLU()]  # (B, c_i, H/2^i, W/2^i)
-    layers += [ResBlock(config.channels[-1]) for _ in range(config.res_blocks)]
+        down = nn.Conv2d(wider, width, 2, stride=2) if cell else nn.Conv2d(wider, width, 4, stride=2, padding=1)
+        layers += [down, nn.SiLU()]  # (B, c_i, H/2^i, W/2^i)
+    layers += [ResBlock(config.channels[-1], kernel=1 if cell else 3) for _ in range(config.res_blocks)]
     layers += [nn.Conv2d(config.channels[-1], config.latent_dim, 1)]  # (B, D, g, g)
     return nn.Sequential(*layers)
 
