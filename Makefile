@@ -25,7 +25,8 @@ PYTHON := .venv/bin/python
 PIP := .venv/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-# `make ablation`: vanilla vs progressive vocabulary, SEEDS each, on PRESET (eval/ablation.py).
+# `make ablation`: vanilla vs progressive vocabulary (random and frequency order), from scratch and
+# from a pretrained text LM, SEEDS each, on PRESET (eval/ablation.py).
 SEEDS ?= 0 1 2
 JOBS ?= 2
 ABLATION ?= runs/ablation-$(PRESET)
@@ -67,8 +68,8 @@ rl: | .venv/installed
 eval: | .venv/installed
 	$(PYTHON) eval/evaluate.py --model $(MODEL) --seed $(SEED) $(ARGS)
 
-# Six trainings and evaluations: 114 min for tiny on a 2-core CPU with JOBS=2 (two runs at
-# once, one thread each, is ~1.4x faster there than one at a time). A killed ablation resumes.
+# A text LM, then 2 starts x 3 arms x SEEDS trainings and evaluations (JOBS=2: two runs at once,
+# one thread each, is ~1.4x faster on a 2-core CPU than one at a time). A killed ablation resumes.
 ablation: | .venv/installed
 	$(PYTHON) eval/ablation.py --root $(ABLATION) --preset $(PRESET) --seeds $(SEEDS) --jobs $(JOBS) $(ARGS)
 

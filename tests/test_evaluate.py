@@ -1,8 +1,15 @@
 """The eval driver end to end on the tiny model: every category with sample counts, and a report."""
 
 import json
+from statistics import mean
 
+import pytest
+
+import ugen
 from conftest import run_script
+from ugen import geneval
+from ugen.sampling import SamplingParams
+from ugen.shapes import parse
 
 
 def test_evaluate_writes_results_and_report(tiny_model_dir, tmp_path):
@@ -28,3 +35,19 @@ def test_evaluate_writes_results_and_report(tiny_model_dir, tmp_path):
     report = (out / "report.md").read_text()
     assert all(f"samples-{t}.png" in report for t in tasks) and (out / "generation.png").is_file()
     assert "generation" in result.stdout
+
+
+def test_sampling_sweep_scores_each_setting_on_validation_prompts(tiny_model_dir, tmp_path):
+    out = tmp_path / "sweep.json"
+    result = run_script("eval/sampling_sweep.py", "--model", str(tiny_model_dir), "--temperatures", "1.0",
+                        "--cfgs", "1.0,3", "--prompts-per-task", "2", "--images-per-prompt", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["temperature"], r["cfg"], r["top_k"]) for r in rows] == [(1.0, 1.0, 0), (1.0, 3.0, 0)]
+    assert "| 1 | 3 | 0 |" in result.stdout
+    # By hand for CFG 3: the seed-1 prompts (not the eval's file), sampling seed 1, the parser's verdicts.
+    model = ugen.load(tiny_model_dir, "cpu")
+    for task, specs in geneval.make_prompts(seed=1, per_task=2).items():
+        images = model.decode_codes(model.generate_codes([s.prompt for s in specs], 1, SamplingParams(1.0, cfg=3.0), 1))
+        assert rows[1][task] == pytest.approx(mean(geneval.score(parse(i), s) for i, s in zip(images, specs)), abs=1e-4)
+    bad = run_script("eval/sampling_sweep.py", "--model", str(tiny_model_dir), "--cfgs", "high", check=False)
+    assert bad.returncode == 2 and "--cfgs takes comma-separated numbers" in bad.stderr

@@ -7,6 +7,7 @@ Every expectation is computed independently: from the original model loaded by p
 """
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -225,3 +226,32 @@ def test_rl_eval_and_the_cli_work_on_it(trained, tmp_path):
     run_script("eval/evaluate.py", "--model", str(out), "--num-test", "20", "--images-per-prompt", "1",
                "--num-reconstruct", "8", "--out", str(tmp_path / "eval"))
     assert "summary" in json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+
+
+def test_a_text_only_ugen_model_starts_a_run_with_its_image_rows_reset(tiny_model_dir, tmp_path):
+    """--init-from a ugen model trained on text alone: its weights as saved, each image row at the
+    mean of the text rows; a model that trained on images is refused."""
+    from ugen.errors import UserError
+    from ugen.model import text_lm_of_model_dir
+
+    text = load_text_tokenizer(tiny_model_dir)  # a ugen model directory holds its text.model
+    with pytest.raises(UserError, match="trained on images too"):
+        text_lm_of_model_dir(tiny_model_dir, text, 1000, 64, torch.device("cpu"))
+    text_lm = tmp_path / "text-lm"
+    shutil.copytree(tiny_model_dir, text_lm)
+    meta = json.loads((text_lm / "ugen.json").read_text())
+    meta["pretrain"]["mix"] = {"text": 1.0, "text_qa": 1.0, "caption": 0.0}
+    (text_lm / "ugen.json").write_text(json.dumps(meta))
+    vocab = Vocab.from_dict(meta["vocab"])
+    with pytest.raises(UserError, match="image ids, the VQ tokenizer"):
+        text_lm_of_model_dir(text_lm, text, vocab.num_image + 1, 64, torch.device("cpu"))
+
+    got_vocab, model = text_lm_of_model_dir(text_lm, text, vocab.num_image, meta["max_len"], torch.device("cpu"))
+    saved = AutoModelForCausalLM.from_pretrained(text_lm, dtype=torch.float32)
+    assert got_vocab == vocab
+    for ours, theirs in [(model.get_input_embeddings().weight, saved.get_input_embeddings().weight),
+                         (model.get_output_embeddings().weight, saved.get_output_embeddings().weight)]:
+        assert torch.equal(ours[: vocab.image_start], theirs[: vocab.image_start])  # specials and text as trained
+        mean = theirs[vocab.text_start : vocab.text_end].double().mean(0).float()
+        torch.testing.assert_close(ours[vocab.image_start :], mean.expand(vocab.num_image, -1))
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, saved.model.layers[0].mlp.up_proj.weight)

@@ -27,9 +27,10 @@ from ugen.vq import ImageTokenizer, encode_images, to_uint8
 
 ImageLike = Union[str, os.PathLike, PIL.Image.Image, np.ndarray]
 
-# Chosen by a sweep on the default tiny Shapes model with sampling seed 1 (README, "Sampling
-# defaults"): mild guidance and a cooler temperature; CFG 3 or more drew extra, smeared objects.
-GENERATE_DEFAULTS = SamplingParams(temperature=0.7, top_k=0, top_p=1.0, cfg=1.5)
+# Chosen by eval/sampling_sweep.py on validation prompts (README, "Sampling defaults"): a
+# temperature above 1, because the model spreads an object's first code over every place it may
+# sit and cooler sampling leaves images blank; moderate guidance.
+GENERATE_DEFAULTS = SamplingParams(temperature=1.15, top_k=0, top_p=1.0, cfg=2.0)
 GREEDY = SamplingParams(temperature=0.0)
 ROWS_PER_CALL = 128  # sequences decoded together; bounds memory on long prompt lists
 

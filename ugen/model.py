@@ -175,6 +175,38 @@ def extend_pretrained_lm(directory: str | Path, vocab: Vocab, device: torch.devi
     return model.to(device)
 
 
+def is_model_dir(directory: str | Path) -> bool:
+    return (Path(directory) / UGEN_JSON).is_file()
+
+
+def text_lm_of_model_dir(directory: str | Path, text: Tokenizer, num_image: int, max_len: int,
+                         device: torch.device) -> tuple[Vocab, PreTrainedModel]:
+    """A ugen model pretrained on text alone (no image task in its --mix), as the pretrained LM of
+    a multimodal run: its vocabulary, its weights, and each image id's input and output rows reset
+    to the mean of the text rows, as `extend_pretrained_lm` starts new rows. What the rows of a
+    text-only model's image ids hold is only that they never occur; from the mean they start
+    where the model expects a token."""
+    meta = read_meta(directory)
+    trained = meta.get("pretrain", {})
+    images = sorted(t for t, w in trained.get("mix", {}).items() if w > 0 and t not in ("text", "text_qa"))
+    if images:
+        raise UserError(f"--init-from {directory}: a ugen model trained on images too ({', '.join(images)}); "
+                        "--init-from takes a text-only one (--resume continues a run)")
+    vocab = Vocab.from_dict(meta["vocab"])
+    if vocab.num_text != text.size:
+        raise UserError(f"--init-from {directory}: its vocabulary has {vocab.num_text} text ids, the text tokenizer {text.size}")
+    if vocab.num_image != num_image:
+        raise UserError(f"--init-from {directory}: its vocabulary has {vocab.num_image} image ids, the VQ tokenizer {num_image} codes")
+    if max_len > meta["max_len"]:
+        raise UserError(f"--max-len {max_len} is longer than the {meta['max_len']} positions of the model in {directory}")
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation=attention_implementation(device))
+    weights = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
+    with torch.no_grad():
+        for weight in weights.values():  # (V, D)
+            weight[vocab.image_start :] = weight[vocab.text_start : vocab.text_end].mean(dim=0)
+    return vocab, model.to(device)
+
+
 def masked_loss(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, active_codes: torch.Tensor | None,
                 reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy with inactive image ids excluded from the softmax: the mean over

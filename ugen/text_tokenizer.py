@@ -95,8 +95,11 @@ Tokenizer = Union[TextTokenizer, HFTextTokenizer]
 
 
 def load_text_tokenizer(path: str | Path) -> Tokenizer:
-    """A SentencePiece `.model` file or a Hugging Face tokenizer directory, by what `path` is."""
+    """A SentencePiece `.model` file (or a directory holding one, as a ugen model or RUN/text does)
+    or a Hugging Face tokenizer directory, by what `path` is."""
     path = Path(path)
+    if path.is_dir() and len(models := list(path.glob("*.model"))) == 1:
+        path = models[0]
     if path.is_file() and path.suffix == ".model":
         return TextTokenizer(path)
     if path.is_dir() and any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
