@@ -72,6 +72,8 @@ def test_weighted_sums_and_reward_specs(tmp_path):
     expected = 0.75 * rewards.object_f1(original, recon, A) + 0.25 * rewards.ssim(original, recon, A)
     assert combo(original, recon, A) == pytest.approx(expected)
     assert rewards.build_reward("object_f1")(original, original, A) == 1.0  # weight 1 by default
+    named = rewards.build_reward("named_f1=0.5,ssim=0.5")
+    assert named(original, recon, A) == pytest.approx(0.5 * (2 * 1 / 3) + 0.5 * rewards.ssim(original, recon, A))
     hf = rewards.build_reward("hf_cosine=2", reward_model=str(tiny_dinov2(tmp_path / "m")))
     assert hf(original, original, None) == pytest.approx(2.0, abs=1e-4)
     for bad, message in [("bleu", "unknown reward"), ("ssim=x", "not a number"), ("hf_cosine", "--reward-model"), ("", "empty")]:

@@ -110,8 +110,8 @@ class WeightedSum:
         return sum(w * fn(original, reconstruction, scene) for w, fn in self.parts.values())
 
 
-REWARDS = ("object_f1", "ssim", "vq_cosine", "hf_cosine")
-SHAPES_ONLY = ("object_f1",)  # need a scene to compare with: the Shapes world's
+REWARDS = ("object_f1", "named_f1", "ssim", "vq_cosine", "hf_cosine")
+SHAPES_ONLY = ("object_f1", "named_f1")  # need a scene to compare with: the Shapes world's
 DEFAULT_REWARD = {True: "object_f1", False: "ssim=0.5,vq_cosine=0.5"}  # with scenes, without
 
 
@@ -136,7 +136,7 @@ def build_reward(spec: str, tokenizer=None, reward_model: str | None = None, dev
             raise UserError(f"--reward {spec!r}: {weight!r} is not a number") from None
         if name == "hf_cosine" and reward_model is None:
             raise UserError("--reward hf_cosine needs --reward-model PATH (a local Hugging Face vision model)")
-        fn = {"object_f1": lambda: object_f1, "ssim": lambda: ssim,
+        fn = {"object_f1": lambda: object_f1, "named_f1": lambda: named_f1, "ssim": lambda: ssim,
               "vq_cosine": lambda: VQFeatureCosine(tokenizer),
               "hf_cosine": lambda: HFVisionCosine(reward_model, device)}[name]()
         parts[name] = (w, fn)
