@@ -20,7 +20,8 @@ from ugen.metrics import mean_std
 from ugen.runtime import run_main
 
 DEFAULT_METRICS = [
-    "reconstruction.overall", "reconstruction.object_f1", "reconstruction.ssim", "reconstruction.vq_feature_cosine",
+    "reconstruction.overall", "reconstruction.object_f1", "reconstruction.named_f1", "reconstruction.ssim",
+    "reconstruction.vq_feature_cosine",
     "generation.overall", "generation.single_object", "generation.two_object", "generation.counting",
     "generation.colors", "generation.position", "generation.color_attr",
     "understanding.perception", "understanding.vqa_small_color", "understanding.vqa_small_present",

@@ -27,7 +27,8 @@ Writes `results.json` (every score with its sample count), `report.md` and its p
                  exact match by question type; `perception`: the fine-grained subset (the small
                  object's color, whether a small object is present, the color at a place).
   reconstruction image -> caption -> image by the model, scored against the original by the
-                 parser's object F1, SSIM and the VQ encoder's feature cosine; `overall` their mean.
+                 parser's object F1 (strict, and on color and shape alone: named_f1), SSIM and
+                 the VQ encoder's feature cosine; `overall` their mean.
   text           bits per byte of the test split's held-out passages (not in [0, 1]); `qa`: the
                  same questions as VQA answered from the passage alone, by question type.
   tokenizer      PSNR (dB), SSIM, codebook usage, and the parser's exact reading of VQ
@@ -194,8 +195,10 @@ def summary(results: dict) -> dict:
 
 def similarities(model, shapes: bool, reward_model: str | None) -> dict:
     """How a reconstruction is compared with its original: SSIM and the VQ encoder's feature
-    cosine always, the parser's object F1 on Shapes, a local vision model's feature cosine when given."""
-    chosen = {"object_f1": rewards.object_f1} if shapes else {}
+    cosine always; on Shapes the parser's object F1, strict (size and centre within 3 px, which an
+    image drawn from a caption of free layouts rarely meets) and on color and shape alone
+    (`named_f1`); a local vision model's feature cosine when given."""
+    chosen = {"object_f1": rewards.object_f1, "named_f1": rewards.named_f1} if shapes else {}
     chosen |= {"ssim": rewards.ssim, "vq_feature_cosine": rewards.VQFeatureCosine(model.image_tokenizer)}
     if reward_model is not None:
         chosen["hf_feature_cosine"] = rewards.HFVisionCosine(reward_model, model.device)

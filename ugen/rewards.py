@@ -112,7 +112,11 @@ class WeightedSum:
 
 REWARDS = ("object_f1", "named_f1", "ssim", "vq_cosine", "hf_cosine")
 SHAPES_ONLY = ("object_f1", "named_f1")  # need a scene to compare with: the Shapes world's
-DEFAULT_REWARD = {True: "object_f1", False: "ssim=0.5,vq_cosine=0.5"}  # with scenes, without
+# With scenes, without. named_f1 on Shapes: object_f1's 3 px centres are out of reach for an
+# image drawn from a caption, so under it most groups were flat (no signal); from the default
+# model (seed 0), RL with named_f1 raised GenEval on validation prompts 0.224 -> 0.326, with
+# object_f1 -> 0.286 (README, "Unified-GRPO before and after").
+DEFAULT_REWARD = {True: "named_f1", False: "ssim=0.5,vq_cosine=0.5"}
 
 
 def build_reward(spec: str, tokenizer=None, reward_model: str | None = None, device="cpu", scenes: bool = True) -> WeightedSum:
