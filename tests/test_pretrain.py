@@ -9,10 +9,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT, TINY_DATA, run_in_process, run_script
+from ugen.errors import UserError
 from ugen.model import read_meta
+from ugen.training import load_checkpoint, save_checkpoint
 
 
 def losses(run):
@@ -168,3 +171,15 @@ def test_resume_drops_a_torn_last_metrics_line(tiny_run, tmp_path, capsys):
     shutil.rmtree(sorted((tmp_path / "checkpoints").iterdir())[-1])
     broken = _pretrain(capsys, tiny_run, tmp_path, "--resume", check=False)
     assert broken.returncode == 2 and "line 1 is not JSON" in broken.stderr
+
+
+def test_a_checkpoint_of_another_optimizer_layout_is_a_one_line_error(tmp_path):
+    """A checkpoint whose optimizer has other parameter groups (the layout of an older ugen)
+    cannot resume this run's optimizer: a UserError, not a traceback from torch."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    one_group = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(tmp_path, 1, model, one_group, torch.optim.lr_scheduler.LambdaLR(one_group, lambda s: 1.0), {})
+    load_checkpoint(path, model, one_group, torch.optim.lr_scheduler.LambdaLR(one_group, lambda s: 1.0))  # same layout: fine
+    two_groups = torch.optim.AdamW([{"params": model[0].parameters()}, {"params": model[1].parameters()}])
+    with pytest.raises(UserError, match="holds an optimizer of another layout"):
+        load_checkpoint(path, model, two_groups, torch.optim.lr_scheduler.LambdaLR(two_groups, lambda s: 1.0))

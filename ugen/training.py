@@ -455,7 +455,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
         load_model(model, path / "model.safetensors", strict=True, device=str(next(model.parameters()).device))
     except (OSError, RuntimeError) as err:
         raise UserError(f"checkpoint {path} cannot be read: {err}") from None
-    optimizer.load_state_dict(trainer["optimizer"])
+    try:
+        optimizer.load_state_dict(trainer["optimizer"])
+    except ValueError as err:  # e.g. a checkpoint from before the optimizer's parameter groups changed
+        raise UserError(f"checkpoint {path} holds an optimizer of another layout ({one_line(err)}): "
+                        "start the run anew or resume with the ugen version that wrote it") from None
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
 
