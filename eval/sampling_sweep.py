@@ -15,7 +15,7 @@ import argparse
 import itertools
 from pathlib import Path
 
-from evaluate import generation  # noqa: E402  (eval/ holds scripts: this one's directory is on sys.path)
+from evaluate import generation  # eval/ holds scripts: this one's directory is on sys.path
 
 from ugen import geneval, load
 from ugen.errors import UserError

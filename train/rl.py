@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         # square', GenEval's kind of prompt) rather than the model's own long one, rewarded for what
         # that caption names (UAE's understanding for generation, on the prompts generation gets).
         short = (rng.random(B) < args.short_captions) if stage == 2 and args.data == "shapes" else np.zeros(B, bool)
-        given = [policy.text.encode(short_caption(source.scene(row))) if s else None for row, s in zip(rows, short)]
+        given = [policy.text.encode(short_caption(scenes[i * G])) if s else None for i, s in enumerate(short)]
 
         model.eval()
         prompts, completions, captions, pictures = rollout(policy, stage, np.asarray(cache.codes[pick]), G, params, generator, given)

@@ -32,6 +32,7 @@ from transformers import (
 
 from ugen.errors import UserError, one_line
 from ugen.runtime import atomic_dir, write_json
+from ugen.sequences import TEXT_TASKS
 from ugen.text_tokenizer import Tokenizer
 from ugen.vocab import Vocab
 
@@ -165,14 +166,19 @@ def extend_pretrained_lm(directory: str | Path, vocab: Vocab, device: torch.devi
     if rows != vocab.num_text:
         raise ValueError(f"the vocabulary has {vocab.num_text} text ids for a model with {rows} rows (see lm_vocab)")
     model.resize_token_embeddings(vocab.size, mean_resizing=False)  # mean_resizing samples around the mean
-    # With tied embeddings the output matrix is the input one: set its new rows once.
-    weights = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
-    with torch.no_grad():
-        for weight in weights.values():  # (V, D)
-            weight[rows:] = weight[:rows].mean(dim=0)
+    _rows_at_mean(model, slice(rows, None), slice(0, rows))
     for config in (model.config, model.generation_config):  # plain `generate` stops at ugen's <eos> too
         config.pad_token_id, config.bos_token_id, config.eos_token_id = vocab.pad, vocab.bos, vocab.eos
     return model.to(device)
+
+
+def _rows_at_mean(model: PreTrainedModel, new: slice, of: slice) -> None:
+    """Set the input and output embedding rows `new` to the mean of the rows `of`, in place."""
+    # With tied embeddings the output matrix is the input one: set its rows once.
+    weights = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
+    with torch.no_grad():
+        for weight in weights.values():  # (V, D)
+            weight[new] = weight[of].mean(dim=0)
 
 
 def is_model_dir(directory: str | Path) -> bool:
@@ -188,7 +194,7 @@ def text_lm_of_model_dir(directory: str | Path, text: Tokenizer, num_image: int,
     where the model expects a token."""
     meta = read_meta(directory)
     trained = meta.get("pretrain", {})
-    images = sorted(t for t, w in trained.get("mix", {}).items() if w > 0 and t not in ("text", "text_qa"))
+    images = sorted(t for t, w in trained.get("mix", {}).items() if w > 0 and t not in TEXT_TASKS)
     if images:
         raise UserError(f"--init-from {directory}: a ugen model trained on images too ({', '.join(images)}); "
                         "--init-from takes a text-only one (--resume continues a run)")
@@ -200,10 +206,7 @@ def text_lm_of_model_dir(directory: str | Path, text: Tokenizer, num_image: int,
     if max_len > meta["max_len"]:
         raise UserError(f"--max-len {max_len} is longer than the {meta['max_len']} positions of the model in {directory}")
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation=attention_implementation(device))
-    weights = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
-    with torch.no_grad():
-        for weight in weights.values():  # (V, D)
-            weight[vocab.image_start :] = weight[vocab.text_start : vocab.text_end].mean(dim=0)
+    _rows_at_mean(model, slice(vocab.image_start, None), slice(vocab.text_start, vocab.text_end))
     return vocab, model.to(device)
 
 

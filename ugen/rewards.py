@@ -25,24 +25,25 @@ def _unit(images: np.ndarray) -> torch.Tensor:
     return (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2).double() / 255
 
 
+def _f1(found: list, truth: list, check: tuple[str, ...]) -> float:
+    """F1 of two object sets matched on `check` (`shapes.match_count`); two empty sets score 1."""
+    if not truth and not found:
+        return 1.0
+    return 2 * match_count(found, truth, check=check) / (len(truth) + len(found))
+
+
 def object_f1(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
     """F1 of the parsed objects (shape, color, size, and place within `shapes.MATCH_DISTANCE`) of
     the reconstruction against the scene (or, without one, against the parse of the original);
     two empty sets score 1."""
     truth = scene.objects if scene is not None else parse(original)
-    found = parse(reconstruction)
-    if not truth and not found:
-        return 1.0
-    return 2 * match_count(found, truth) / (len(truth) + len(found))
+    return _f1(parse(reconstruction), list(truth), ("shape", "color", "size", "place"))
 
 
 def named_f1(original: np.ndarray, reconstruction: np.ndarray, scene: Scene) -> float:
     """`object_f1` on what a short caption names, color and shape, ignoring size and place: the
     reward of an image drawn from 'two red circles and a blue square'."""
-    found = parse(reconstruction)
-    if not scene.objects and not found:
-        return 1.0
-    return 2 * match_count(found, scene.objects, check=("shape", "color")) / (len(scene.objects) + len(found))
+    return _f1(parse(reconstruction), list(scene.objects), ("shape", "color"))
 
 
 def ssim(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
