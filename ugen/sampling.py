@@ -18,6 +18,7 @@ whole step, forward to token, can be compiled (`Engine(compile=...)`: CUDA graph
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +91,9 @@ class Engine:
     def __init__(self, model: torch.nn.Module, vocab: Vocab, grid: int, compile: bool | None = None,
                  active_image: torch.Tensor | None = None):
         self.model, self.vocab = model, vocab
+        # transformers renamed the forward's `past_key_values` to `cache` (the old name warns on
+        # every call and is removed in 5.40); older releases only know the old one
+        self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.image_len = grid * grid
         self.device = next(model.parameters()).device
         v = vocab
@@ -135,8 +139,8 @@ class Engine:
                  kv: StaticCache | DynamicCache | None, slots: torch.Tensor) -> torch.Tensor:
         """Next-token logits (R, V) for rows `ids` (R, T) at `positions` (R, T) writing cache `slots` (T,)."""
         return self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=kv, use_cache=kv is not None,
-            logits_to_keep=1, **({"cache_position": slots} if isinstance(kv, StaticCache) else {}),
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=kv is not None, logits_to_keep=1,
+            **{self.cache_kwarg: kv}, **({"cache_position": slots} if isinstance(kv, StaticCache) else {}),
         ).logits[:, -1].float()
 
     def _next_tokens(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
