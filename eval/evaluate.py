@@ -1,12 +1,17 @@
 """Evaluate a model directory on the test split of its data (Shapes by default).
 
     python eval/evaluate.py --model runs/default/model [--seed 0]
+    python eval/evaluate.py --model runs/default/model --split validation   # to choose by, not to report
     python eval/evaluate.py --model runs/mine/model [--reward-model PATH]     # a model of your own data
 
 On data other than Shapes there are no scenes to judge by, so only what applies runs (captions:
 BLEU-4 and CIDEr-D against the row's captions; reconstruction: SSIM, VQ feature cosine and, with
 --reward-model, a local vision model's feature cosine; text bits per byte of the captions; the
 tokenizer), and one line says what is skipped.
+
+`--split validation` scores the validation split instead, with GenEval prompts drawn afresh
+(`ugen.geneval.make_prompts(seed=1)`, as eval/sampling_sweep.py does) and other PIL shapes: a
+setting (an RL reward, a schedule) chosen by it is not chosen on the test.
 
 Writes `results.json` (every score with its sample count), `report.md` and its pictures into an
 `eval/` folder beside the model directory, and prints a summary table. Categories:
@@ -120,7 +125,7 @@ def generation(model, prompts, images_per_prompt: int, params: SamplingParams, s
     return scores, samples
 
 
-def understanding(model, examples, seed: int, shapes: bool) -> tuple[dict, list[str]]:
+def understanding(model, examples, seed: int, shapes: bool, pil_seed: int = 0) -> tuple[dict, list[str]]:
     """Captions of the test images against their references (BLEU-4, CIDEr-D), and on Shapes the
     attributes, counts and places they name, VQA and perception."""
     captions = []
@@ -140,7 +145,7 @@ def understanding(model, examples, seed: int, shapes: bool) -> tuple[dict, list[
     results["caption_single_object"] = {"score": mean(caption_names_scene(c, e.scene) for c, e in singles), "n": len(singles)}
     # Single shapes another program drew (its own shades, sizes, places, backgrounds): the caption
     # must name that one color and shape, and nothing else.
-    drawn = draw_single_shapes(PIL_SHAPES, seed=0, size=model.image_size)
+    drawn = draw_single_shapes(PIL_SHAPES, seed=pil_seed, size=model.image_size)
     named = model.caption([image for image, _, _ in drawn], seed=seed)
     results["caption_single_object_pil"] = {
         "score": mean([(c, s) for _, c, s in caption_objects(text)] == [(color, shape)] for text, (_, shape, color) in zip(named, drawn)),
@@ -230,7 +235,7 @@ def tokenizer(model, examples) -> dict:
 
 def write_report(out: Path, results: dict, samples: dict, captions: list, upscale: int = 3) -> None:
     """report.md with the tables, an image grid per generation task and a bar plot."""
-    lines = ["# ugen evaluation", "", f"Model: `{results['model']}`, sampling seed {results['seed']}.", ""]
+    lines = ["# ugen evaluation", "", f"Model: `{results['model']}`, {results['split']} split, sampling seed {results['seed']}.", ""]
     for category, rows in results["results"].items():
         lines += [f"## {category}", "", "| metric | score | n |", "| --- | --- | --- |"]
         lines += [f"| {name} | {r['score']:.3f} | {r['n']} |" for name, r in rows.items()]
@@ -262,18 +267,22 @@ def write_report(out: Path, results: dict, samples: dict, captions: list, upscal
     (out / "report.md").write_text("\n".join(lines))
 
 
-def default_out(model: Path) -> Path:
+def default_out(model: Path, split: str = "test") -> Path:
     """eval/ beside the model directory; eval-NAME/ for a directory not named `model` (such as
-    model-rl), so that evaluating two models of one run never overwrites either's results."""
+    model-rl), so that evaluating two models of one run never overwrites either's results; with a
+    -validation suffix for the validation split."""
     model = model.resolve()
-    return model.parent / ("eval" if model.name == "model" else f"eval-{model.name}")
+    name = "eval" if model.name == "model" else f"eval-{model.name}"
+    return model.parent / (name if split == "test" else f"{name}-{split}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/default/model", help="model directory")
     add_source_args(parser, from_model=True)
-    parser.add_argument("--num-test", type=int, default=500, help="test images (Shapes: scenes of the world's seed 0)")
+    parser.add_argument("--split", choices=["test", "validation"], default="test",
+                        help="validation: to choose a setting by (other scenes, GenEval prompts and PIL shapes)")
+    parser.add_argument("--num-test", type=int, default=500, help="images of the split (Shapes: scenes of the world's seed 0)")
     # Every test scene by default: what RL changes in reconstruction (a few hundredths) differs in
     # sign between sets of 128-200 images, so a smaller set says more about its images than the model.
     parser.add_argument("--num-reconstruct", type=int, default=500, help="test images for the reconstruction score (at most --num-test)")
@@ -297,21 +306,25 @@ def main(argv: list[str] | None = None) -> None:
     model = ugen.load(args.model, pick_device(args.device))
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.cfg)
     if shapes:
-        examples = make_examples("test", args.num_test, seed=0, image_size=model.image_size)
+        examples = make_examples(args.split, args.num_test, seed=0, image_size=model.image_size)
     else:
-        examples, skipped = load_examples(args.data, "test", image_column=args.image_column, text_column=args.text_column,
+        examples, skipped = load_examples(args.data, args.split, image_column=args.image_column, text_column=args.text_column,
                                           image_size=model.image_size, num=args.num_test)
         if not examples:
-            raise UserError(f"{args.data}: the test split has no readable examples")
+            raise UserError(f"{args.data}: the {args.split} split has no readable examples")
         print(f"evaluate: {args.data} has no Shapes scenes: skipping {SHAPES_ONLY_PARTS}"
               + (f"; skipped {skipped} unreadable test rows" if skipped else ""), file=sys.stderr)
 
     results = {}
     if shapes:
-        prompts = {task: specs[: args.prompts_per_task] for task, specs in geneval.load_prompts(PROMPTS).items()}
+        # the test's prompts are the file's; validation's as many, drawn afresh from another seed
+        all_prompts = geneval.load_prompts(PROMPTS)
+        if args.split == "validation":
+            all_prompts = geneval.make_prompts(seed=1, per_task=len(next(iter(all_prompts.values()))))
+        prompts = {task: specs[: args.prompts_per_task] for task, specs in all_prompts.items()}
         results["judge_sanity"] = judge_sanity(prompts)
         results["generation"], samples = generation(model, prompts, args.images_per_prompt, params, args.seed)
-    results["understanding"], captions = understanding(model, examples, args.seed, shapes)
+    results["understanding"], captions = understanding(model, examples, args.seed, shapes, pil_seed=int(args.split != "test"))
     scores = similarities(model, shapes, args.reward_model)
     results["reconstruction"] = reconstruction(model, examples[: args.num_reconstruct], captions[: args.num_reconstruct],
                                                params, args.seed, scores)
@@ -323,10 +336,10 @@ def main(argv: list[str] | None = None) -> None:
         shown = examples[:GRID_IMAGES]
         samples = {"test_captions": (model.decode_codes(model.generate_codes([e.caption for e in shown], 1, params, args.seed)),
                                      [e.caption for e in shown])}
-    results = {"model": str(args.model), "data": args.data, "seed": args.seed,
+    results = {"model": str(args.model), "data": args.data, "split": args.split, "seed": args.seed,
                "sampling": {"cfg": params.cfg, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
                "results": results}
-    out = Path(args.out or default_out(Path(args.model)))
+    out = Path(args.out or default_out(Path(args.model), args.split))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     write_report(out, results, samples, list(zip(captions[:8], [e.caption for e in examples[:8]])))

@@ -8,8 +8,9 @@ import pytest
 import ugen
 from conftest import run_script
 from ugen import geneval
+from ugen.api import GENERATE_DEFAULTS
 from ugen.sampling import SamplingParams
-from ugen.shapes import parse
+from ugen.shapes import make_examples, parse
 
 
 def test_evaluate_writes_results_and_report(tiny_model_dir, tmp_path):
@@ -35,6 +36,30 @@ def test_evaluate_writes_results_and_report(tiny_model_dir, tmp_path):
     report = (out / "report.md").read_text()
     assert all(f"samples-{t}.png" in report for t in tasks) and (out / "generation.png").is_file()
     assert "generation" in result.stdout
+
+
+def test_validation_split_scores_other_scenes_and_prompts(tiny_model_dir, tmp_path):
+    out = tmp_path / "eval-validation"
+    run_script("eval/evaluate.py", "--model", str(tiny_model_dir), "--split", "validation", "--num-test", "8",
+               "--num-reconstruct", "4", "--prompts-per-task", "2", "--images-per-prompt", "1", "--out", str(out))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["split"] == "validation" and "validation split" in (out / "report.md").read_text()
+    scenes = make_examples("validation", 8, seed=0)  # the test's first 8: 70 questions, no single object
+    und = saved["results"]["understanding"]
+    assert und["vqa"]["n"] == sum(len(e.qa) for e in scenes) == 62
+    assert und["caption_single_object"]["n"] == sum(len(e.scene.objects) == 1 for e in scenes) == 3
+    # By hand: the seed-1 prompts drawn afresh (as many per task as the eval's file), the first two
+    # of each task, sampling seed 0 and the eval's defaults, judged by the parser.
+    model = ugen.load(tiny_model_dir, "cpu")
+    test_prompts = geneval.load_prompts("eval/prompts/geneval.json")
+    fresh = geneval.make_prompts(seed=1, per_task=len(test_prompts["counting"]))
+    assert fresh["counting"][:2] != test_prompts["counting"][:2]
+    params = SamplingParams(GENERATE_DEFAULTS.temperature, GENERATE_DEFAULTS.top_k, GENERATE_DEFAULTS.top_p, GENERATE_DEFAULTS.cfg)
+    for task in ("counting", "position"):
+        specs = fresh[task][:2]
+        images = model.decode_codes(model.generate_codes([s.prompt for s in specs], 1, params, 0))
+        expected = mean(geneval.score(parse(i), s) for i, s in zip(images, specs))
+        assert saved["results"]["generation"][task]["score"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_sampling_sweep_scores_each_setting_on_validation_prompts(tiny_model_dir, tmp_path):
