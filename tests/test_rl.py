@@ -3,6 +3,8 @@
 import json
 import sys
 
+import pytest
+
 import ugen
 from conftest import ROOT, TINY_DATA, run_in_process, run_script
 from ugen import shapes
@@ -39,6 +41,14 @@ def test_two_step_rl_run_alternates_stages_and_writes_a_model(tiny_model_dir, tm
     assert len(model.caption([model.decode_codes(model.generate_codes(["a red circle"]))[0]])) == 1
 
 
+def test_caption_weight_mixes_the_captions_f1_into_stage_one(tiny_model_dir, tmp_path):
+    run_script("train/rl.py", "--model", str(tiny_model_dir), "--out", str(tmp_path / "model-rl"), "--steps", "1",
+               "--stages", "1", "--caption-weight", "0.25", "--sample-every", "1", *SMALL)
+    row = metrics_rows(tmp_path / "rl")[0][0]
+    assert row["stage1/reward"] == pytest.approx(0.75 * row["stage1/reconstruction"] + 0.25 * row["stage1/caption_f1"])
+    assert 0.0 <= row["stage1/caption_f1"] <= 1.0
+
+
 def test_rl_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
     args = ["--model", str(tiny_model_dir), "--out", str(tmp_path / "model-rl"), "--stages", "2",
             "--checkpoint-every", "1", *SMALL]
@@ -52,7 +62,8 @@ def test_rl_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
 
 def test_bad_rl_arguments_are_one_line_errors(tiny_model_dir, tmp_path, capsys):
     for extra, message in [(["--reward", "bleu"], "unknown reward"), (["--group-size", "1"], "--group-size"),
-                           (["--reward", "hf_cosine"], "--reward-model"), (["--short-captions", "1.5"], "--short-captions")]:
+                           (["--reward", "hf_cosine"], "--reward-model"), (["--short-captions", "1.5"], "--short-captions"),
+                           (["--caption-weight", "-0.1"], "--caption-weight")]:
         result = run_in_process(capsys, "train/rl.py", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), *extra)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     missing = run_in_process(capsys, "train/rl.py", "--model", str(tmp_path / "none"))

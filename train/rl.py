@@ -13,6 +13,10 @@ reward of both is how well the image comes back, `reward(original, reconstructio
            instead ('two red circles and a blue square', what GenEval asks), rewarded by
            `named_f1` (the colors and shapes it names, not sizes or places).
 
+On Shapes, `--caption-weight W` makes stage 1's reward (1 - W) * reconstruction + W * the caption's
+F1 against the scene (`ugen.metrics.caption_attributes`, the eval's caption F1): a reconstruction
+alone pays a caption for naming objects the drawing then happens to show, invented or not.
+
 `--stages 1`, `2` or `alternate` (1, 2, 1, ...). The loss (`ugen.grpo.grpo_loss`) normalizes
 advantages within each group, clips the importance ratio, adds a k3 KL to the frozen starting model
 (`--kl-beta`, 0 turns it off) and makes `--epochs` optimizer passes over each batch of rollouts.
@@ -42,6 +46,7 @@ from ugen.api import GENERATE_DEFAULTS, GREEDY, load
 from ugen.data import add_data_args, data_of_model
 from ugen.errors import UserError
 from ugen.grpo import Guidance, group_advantages, grpo_loss, policy_logits, rollout_batch, stage_tokens, token_logprobs
+from ugen.metrics import caption_attributes
 from ugen.model import read_meta, save_model_dir
 from ugen.rewards import DEFAULT_REWARD, REWARDS, build_reward, named_f1
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
@@ -88,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rl.add_argument("--short-captions", type=float, default=0.5,
                     help="Shapes: the share of stage 2's images drawn from their short caption instead of the "
                          "model's own, rewarded by named_f1 (color and shape only)")
+    rl.add_argument("--caption-weight", type=float, default=0.0,
+                    help="Shapes: stage 1's reward is (1 - W) * reconstruction + W * the caption's F1 against the scene")
     rl.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (constant after warmup)")
     rl.add_argument("--warmup", type=int, default=5, help="linear warmup steps")
     rl.add_argument("--epochs", type=int, default=2, help="optimizer passes over each batch of rollouts")
@@ -108,8 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
     if args.probe_every < 0:
         raise UserError(f"--probe-every must be >= 0, not {args.probe_every}")
-    if not 0 <= args.short_captions <= 1:
-        raise UserError(f"--short-captions must be in [0, 1], not {args.short_captions}")
+    for name in ("short_captions", "caption_weight"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], not {getattr(args, name)}")
     if args.group_size < 2:
         raise UserError("--group-size must be >= 2: GRPO's advantages compare samples within a group")
     return args
@@ -197,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = read_meta(model_dir)
     data_of_model(args, meta)
     args.reward = args.reward or DEFAULT_REWARD[args.data == "shapes"]
+    if args.caption_weight and args.data != "shapes":
+        raise UserError("--caption-weight scores captions against Shapes scenes, and this data has none")
     policy = load(model_dir, device, dtype=torch.float32)  # trained: fp32 weights, bf16 autocast on CUDA
     model, vocab = policy.model, policy.vocab
     reward_fn = build_reward(args.reward, policy.image_tokenizer, args.reward_model, device, scenes=args.data == "shapes")
@@ -263,6 +273,10 @@ def main(argv: list[str] | None = None) -> None:
         prompts, completions, captions, pictures = rollout(policy, stage, np.asarray(cache.codes[pick]), G, params, generator, given)
         rewards = torch.tensor([named_f1(o, p, s) if named else reward_fn(o, p, s)
                                 for o, p, s, named in zip(originals, pictures, scenes, np.repeat(short, G))])
+        faithful, reconstructed = None, rewards
+        if stage == 1 and args.caption_weight:
+            faithful = torch.tensor([caption_attributes(policy.text.decode(c), s)["f1"] for c, s in zip(captions, scenes)])
+            rewards = (1 - args.caption_weight) * reconstructed + args.caption_weight * faithful
         advantages = group_advantages(rewards, G).to(device)
         temperature = (params.caption if stage == 1 else params.image).temperature
         batch = rollout_batch(prompts, completions, stage_tokens(vocab, stage), vocab.pad).to(device)
@@ -292,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
                 "kl": stats["kl"], "clip_fraction": stats["clip_fraction"], "entropy": stats["entropy"],
                 "flat_groups": float((rewards.view(-1, G).std(dim=1) == 0).float().mean()),
                 "caption_tokens": float(np.mean([len(c) for c in captions])),
+                **({"stage1/caption_f1": float(faithful.mean()), "stage1/reconstruction": float(reconstructed.mean())}
+                   if faithful is not None else {}),
                 **({"stage2/short_caption_reward": float(rewards.view(B, G)[torch.from_numpy(short)].mean())} if short.any() else {}),
                 "lr": scheduler.get_last_lr()[0]}
         wandb_run.log(logs, step=done)
