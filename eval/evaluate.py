@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         if not examples:
             raise UserError(f"{args.data}: the {args.split} split has no readable examples")
         print(f"evaluate: {args.data} has no Shapes scenes: skipping {SHAPES_ONLY_PARTS}"
-              + (f"; skipped {skipped} unreadable test rows" if skipped else ""), file=sys.stderr)
+              + (f"; skipped {skipped} unreadable {args.split} rows" if skipped else ""), file=sys.stderr)
 
     results = {}
     if shapes:
