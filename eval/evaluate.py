@@ -86,6 +86,9 @@ SHAPES_ONLY_PARTS = ("GenEval generation and its judge, caption attributes, VQA 
 PERCEPTION_TYPES = ("small_color", "small_present", "color_at")  # in the spirit of MMT-Bench
 JUDGE_MINIMUM = 0.99
 PIL_SHAPES = 200  # single shapes drawn by eval/pil_shapes.py for the model to caption
+# The seed of each split's GenEval prompts and PIL shapes: the test's prompts are the file
+# eval/make_prompts.py wrote with seed 0; validation's are drawn afresh (and sampling_sweep.py's).
+SPLIT_SEEDS = {"test": 0, "validation": 1}
 GRID_IMAGES = 16  # samples shown per generation task in the report
 
 
@@ -320,11 +323,11 @@ def main(argv: list[str] | None = None) -> None:
         # the test's prompts are the file's; validation's as many, drawn afresh from another seed
         all_prompts = geneval.load_prompts(PROMPTS)
         if args.split == "validation":
-            all_prompts = geneval.make_prompts(seed=1, per_task=len(next(iter(all_prompts.values()))))
+            all_prompts = geneval.make_prompts(seed=SPLIT_SEEDS["validation"], per_task=len(next(iter(all_prompts.values()))))
         prompts = {task: specs[: args.prompts_per_task] for task, specs in all_prompts.items()}
         results["judge_sanity"] = judge_sanity(prompts)
         results["generation"], samples = generation(model, prompts, args.images_per_prompt, params, args.seed)
-    results["understanding"], captions = understanding(model, examples, args.seed, shapes, pil_seed=int(args.split != "test"))
+    results["understanding"], captions = understanding(model, examples, args.seed, shapes, pil_seed=SPLIT_SEEDS[args.split])
     scores = similarities(model, shapes, args.reward_model)
     results["reconstruction"] = reconstruction(model, examples[: args.num_reconstruct], captions[: args.num_reconstruct],
                                                params, args.seed, scores)

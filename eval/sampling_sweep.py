@@ -15,7 +15,7 @@ import argparse
 import itertools
 from pathlib import Path
 
-from evaluate import generation  # eval/ holds scripts: this one's directory is on sys.path
+from evaluate import SPLIT_SEEDS, generation  # eval/ holds scripts: this one's directory is on sys.path
 
 from ugen import geneval, load
 from ugen.errors import UserError
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("the sweep scores GenEval-style Shapes prompts: it needs a Shapes model")
     seed_everything(args.seed)
     model = load(args.model, pick_device(args.device))
-    prompts = geneval.make_prompts(seed=1, per_task=args.prompts_per_task)
+    prompts = geneval.make_prompts(seed=SPLIT_SEEDS["validation"], per_task=args.prompts_per_task)
 
     rows = []
     for temperature, cfg, top_k in itertools.product(temperatures, cfgs, top_ks):
