@@ -195,7 +195,7 @@ def test_result_captions_and_draws_within_its_modalities(trained):
     examples = make_examples("test", 2)
     captions = model.caption([e.image for e in examples])
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
-    codes = model._codes([e.image for e in examples])
+    codes = model.image_codes([e.image for e in examples])
     _, rows = model.draw_captions(codes, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0), max_new_tokens=24)
     for row in rows:
         text_part = row[:-1] if row[-1] == vocab.eos else row

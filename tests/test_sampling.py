@@ -132,6 +132,21 @@ def test_seed_reproduces_and_different_seeds_differ(engine):
     assert run(0) != run(1)
 
 
+def test_one_generator_per_prompt_draws_what_each_prompt_group_draws_alone(engine):
+    """Prompts batched with their own generators (runs of the same one are one block) draw what
+    separate calls with fresh generators of those seeds draw."""
+    prompts = mixed_prompts()
+    params = SamplingParams(temperature=1.0)
+    seeded = lambda seed: torch.Generator().manual_seed(seed)
+    shared = seeded(7)
+    together = engine.generate(prompts, max_new_tokens=8, params=params, generator=[seeded(3), shared, shared])
+    alone = (engine.generate(prompts[:1], max_new_tokens=8, params=params, generator=seeded(3))
+             + engine.generate(prompts[1:], max_new_tokens=8, params=params, generator=seeded(7)))
+    assert together == alone
+    with pytest.raises(ValueError, match="one generator per prompt"):
+        engine.generate(prompts, max_new_tokens=2, params=params, generator=[shared])
+
+
 def test_modality_constraints_hold_for_an_untrained_model(engine):
     torch.manual_seed(0)
     params = SamplingParams(temperature=1.5)  # flat distributions: anything unconstrained would show up

@@ -78,10 +78,12 @@ class UGen:
         self.directory = directory
 
     # -- helpers ------------------------------------------------------------------------------
-    def _codes(self, images: Sequence[ImageLike]) -> np.ndarray:
+    def image_codes(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """(N, grid*grid) VQ codes of any images `read_image` takes."""
         return encode_images(self.image_tokenizer, np.stack([read_image(i, self.image_size) for i in images]))
 
-    def _text_ids(self, text: str, what: str) -> list[int]:
+    def text_ids(self, text: str, what: str) -> list[int]:
+        """The text pieces of `text` (stripped); an empty one is a UserError naming `what` it is."""
         if not text or not text.strip():
             raise UserError(f"the {what} is empty")
         return self.text.encode(text.strip())
@@ -89,17 +91,19 @@ class UGen:
     def decode_text(self, ids: list[int]) -> str:
         return self.text.decode(self.vocab.to_text(ids)).strip()
 
-    def _generator(self, seed: int) -> torch.Generator:
+    def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(self.device).manual_seed(seed)
 
-    def _run(self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator, **kwargs) -> list[list[int]]:
-        """Generate in chunks of ROWS_PER_CALL, one generator across them."""
+    def run(self, prompts: list[list[int]], params: SamplingParams,
+            generator: torch.Generator | Sequence[torch.Generator], **kwargs) -> list[list[int]]:
+        """`Engine.generate` in chunks of ROWS_PER_CALL; one generator across them, or one per prompt."""
         out = []
         uncond = kwargs.pop("uncond_prompts", None)
         for start in range(0, len(prompts), ROWS_PER_CALL):
             chunk = slice(start, start + ROWS_PER_CALL)
             out += self.engine.generate(
-                prompts[chunk], params=params, generator=generator,
+                prompts[chunk], params=params,
+                generator=generator if isinstance(generator, torch.Generator) else generator[chunk],
                 uncond_prompts=None if uncond is None else uncond[chunk], **kwargs,
             )
         return out
@@ -110,47 +114,47 @@ class UGen:
         """Caption prompts for (N, grid*grid) image codes and the sampled rows (text pieces, then
         <eos> unless cut)."""
         prompts = [caption_prompt(self.vocab, c) for c in codes]
-        return prompts, self._run(prompts, params, generator, max_new_tokens=max_new_tokens)
+        return prompts, self.run(prompts, params, generator, max_new_tokens=max_new_tokens)
 
     def draw_codes(self, captions: Sequence[list[int]], params: SamplingParams,
-                   generator: torch.Generator) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
+                   generator: torch.Generator | Sequence[torch.Generator]) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
         """Images for captions given as text-piece ids, with CFG (`params.cfg`; an empty caption is
         the unconditional prompt): the generation prompts, the sampled rows (codes, then <eoi>) and
         the (N, grid*grid) codes."""
         prompts = [t2i_prompt(self.vocab, c) for c in captions]
         uncond = [t2i_prompt(self.vocab, None)] * len(prompts)
-        rows = self._run(prompts, params, generator, uncond_prompts=uncond, max_new_tokens=self.image_len + 1,
+        rows = self.run(prompts, params, generator, uncond_prompts=uncond, max_new_tokens=self.image_len + 1,
                          stop_ids=(self.vocab.eoi,))
         return prompts, rows, np.array([self.vocab.to_codes(r)[: self.image_len] for r in rows], dtype=np.int64)
 
     # -- the four uses ------------------------------------------------------------------------
     def caption(self, images: Sequence[ImageLike], params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> list[str]:
         """One caption per image (greedy by default)."""
-        _, rows = self.draw_captions(self._codes(images), params, self._generator(seed), max_new_tokens)
+        _, rows = self.draw_captions(self.image_codes(images), params, self.generator(seed), max_new_tokens)
         return [self.decode_text(ids) for ids in rows]
 
     def answer(self, images: Sequence[ImageLike], questions: Sequence[str], params: SamplingParams = GREEDY, seed: int = 0) -> list[str]:
         """Answer `questions[i]` about `images[i]`."""
         if len(images) != len(questions):
             raise ValueError("one question per image")
-        prompts = [vqa_prompt(self.vocab, c, self._text_ids(q, "question")) for c, q in zip(self._codes(images), questions)]
-        return [self.decode_text(ids) for ids in self._run(prompts, params, self._generator(seed), max_new_tokens=16)]
+        prompts = [vqa_prompt(self.vocab, c, self.text_ids(q, "question")) for c, q in zip(self.image_codes(images), questions)]
+        return [self.decode_text(ids) for ids in self.run(prompts, params, self.generator(seed), max_new_tokens=16)]
 
     def answer_text(self, passages: Sequence[str], questions: Sequence[str], params: SamplingParams = GREEDY, seed: int = 0) -> list[str]:
         """Answer `questions[i]` from the text `passages[i]` alone (no image)."""
         if len(passages) != len(questions):
             raise ValueError("one question per passage")
-        prompts = [text_qa_prompt(self.vocab, self._text_ids(p, "passage"), self._text_ids(q, "question"))
+        prompts = [text_qa_prompt(self.vocab, self.text_ids(p, "passage"), self.text_ids(q, "question"))
                    for p, q in zip(passages, questions)]
-        return [self.decode_text(ids) for ids in self._run(prompts, params, self._generator(seed), max_new_tokens=16)]
+        return [self.decode_text(ids) for ids in self.run(prompts, params, self.generator(seed), max_new_tokens=16)]
 
     def ask(self, image: ImageLike, question: str, params: SamplingParams = GREEDY, seed: int = 0) -> str:
         return self.answer([image], [question], params, seed)[0]
 
     def generate_codes(self, prompts: Sequence[str], num: int = 1, params: SamplingParams = GENERATE_DEFAULTS, seed: int = 0) -> np.ndarray:
         """(len(prompts) * num, grid*grid) codes, `num` consecutive rows per prompt."""
-        ids = [self._text_ids(p, "prompt") for p in prompts for _ in range(num)]
-        return self.draw_codes(ids, params, self._generator(seed))[2]
+        ids = [self.text_ids(p, "prompt") for p in prompts for _ in range(num)]
+        return self.draw_codes(ids, params, self.generator(seed))[2]
 
     def decode_codes(self, codes: np.ndarray) -> np.ndarray:
         """(N, grid*grid) codes -> (N, H, W, 3) uint8 images."""
@@ -166,8 +170,8 @@ class UGen:
 
     def complete(self, prompt: str, params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> str:
         """Continue a text prompt; returns the prompt and its continuation as one text."""
-        ids = [self.vocab.bos, *self.vocab.from_text(self._text_ids(prompt, "prompt"))]
-        return self.decode_text(ids + self._run([ids], params, self._generator(seed), max_new_tokens=max_new_tokens)[0])
+        ids = [self.vocab.bos, *self.vocab.from_text(self.text_ids(prompt, "prompt"))]
+        return self.decode_text(ids + self.run([ids], params, self.generator(seed), max_new_tokens=max_new_tokens)[0])
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> UGen:

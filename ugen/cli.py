@@ -4,6 +4,7 @@
     ugen ask      --model DIR --image IMG --question Q       one answer
     ugen generate --model DIR --prompt P --out FILE.png [--num N] [--cfg S] [--seed K]
     ugen text     --model DIR --prompt P                     the prompt and its continuation
+    ugen serve    --model DIR [--host H] [--port P]          HTTP API and web page (ugen/serve)
 
 With --num N > 1, `generate` writes numbered files FILE-1.png ... FILE-N.png beside FILE.png.
 Bad input (a missing file, a file that is not an image, an empty prompt, a directory that is not a
@@ -64,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("text", "continue a text prompt", GREEDY)
     sub.add_argument("--prompt", required=True, help="text to continue")
     sub.add_argument("--max-new-tokens", type=int, default=64, help="longest continuation")
+
+    sub = commands.add_parser("serve", help="serve the model over HTTP: a JSON API and a web page",
+                              description="Serve the model over HTTP: a JSON API and a web page at /.")
+    sub.add_argument("--model", required=True, help="model directory (e.g. runs/default/model)")
+    sub.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sub.add_argument("--port", type=int, default=8000, help="port to listen on")
+    sub.add_argument("--max-rows", type=int, default=32, help="most sequences (images, texts) in one engine call")
+    sub.add_argument("--window-ms", type=float, default=10, help="how long a batch waits for requests to join it")
+    sub.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond which the server answers 503")
+    sub.add_argument("--timeout", type=float, default=60, help="seconds a request may take before it is answered 504")
     return parser
 
 
@@ -78,8 +90,24 @@ def output_paths(out: str, num: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, num + 1)]
 
 
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn  # the server's imports only where it is served
+
+    from ugen.serve import create_app
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1..65535, not {args.port}")
+    if args.max_rows < 1 or args.max_queue < 1 or args.window_ms < 0 or args.timeout <= 0:
+        raise UserError("--max-rows and --max-queue must be >= 1, --window-ms >= 0 and --timeout > 0")
+    app = create_app(args.model, args.device, args.max_rows, args.window_ms, args.max_queue, args.timeout)
+    print(f"ugen: serving {args.model} at http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
     if args.command == "generate":  # check what can be checked before loading the model
         if args.num < 1:
             raise UserError(f"--num must be >= 1, not {args.num}")

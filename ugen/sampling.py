@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -58,6 +59,23 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 CACHES = ("static", "dynamic", "none")  # how `Engine.generate` keeps past keys and values
+
+
+def _noise_blocks(generator: torch.Generator | Sequence[torch.Generator] | None,
+                  n: int) -> list[tuple[int, int, torch.Generator | None]]:
+    """(start, stop, generator) for each run of consecutive prompts that share a generator."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return [(0, n, generator)]
+    generators = list(generator)
+    if len(generators) != n:
+        raise ValueError(f"one generator per prompt: {len(generators)} for {n} prompts")
+    blocks = []
+    for row, rows_generator in enumerate(generators):
+        if blocks and blocks[-1][2] is rows_generator:
+            blocks[-1] = (blocks[-1][0], row + 1, rows_generator)
+        else:
+            blocks.append((row, row + 1, rows_generator))
+    return blocks
 
 
 def _full_attention_only(config) -> bool:
@@ -222,13 +240,16 @@ class Engine:
         uncond_prompts: list[list[int]] | None = None,
         stop_ids: tuple[int, ...] | None = None,
         allow_images: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         cache: str = "static",
     ) -> list[list[int]]:
         """Continue each prompt; returns the new ids of each row, up to and including its stop id.
 
         `uncond_prompts` (one per prompt) turns on CFG with scale `params.cfg`. `stop_ids` default
         to <eos>; image generation stops at <eoi>. `allow_images` lets text be followed by <boi>.
+        `generator` is one for all rows, or one per prompt: each run of consecutive prompts with the
+        same generator draws its noise from it as one block, exactly as a call with those prompts
+        alone would, so that requests batched together (`ugen serve`) keep their own seeds.
         """
         v, n = self.vocab, len(prompts)
         stop_ids = stop_ids or (v.eos,)
@@ -272,6 +293,7 @@ class Engine:
         cfg = torch.tensor(params.cfg, device=self.device)
         temperature = torch.tensor(params.temperature or 1.0, device=self.device)
         noise = torch.ones((n_rows, v.size), device=self.device) if params.temperature > 0 else None
+        noise_blocks = _noise_blocks(generator, n)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         stops = torch.tensor(stop_ids, device=self.device)
         text_allowed = self.allowed_text_or_image if allow_images else self.allowed_text
@@ -299,8 +321,9 @@ class Engine:
                 next_tokens, mask = decode, seen_4d
             else:  # the keys so far: transformers adds causality (and pads to a static cache's length)
                 next_tokens, mask = self._next_tokens, seen[:, : length + step]
-            if noise is not None:
-                noise[:n].exponential_(generator=generator)  # the conditional rows' draw; the rest stay 1
+            if noise is not None:  # the conditional rows' draw; the rest stay 1
+                for start, stop, rows_generator in noise_blocks:
+                    noise[start:stop].exponential_(generator=rows_generator)
             token = next_tokens(step_ids, step_pos, mask, kv, slots, partner, cfg, temperature, noise, in_image,
                                 n_codes, text_allowed, params.top_k, params.top_p)[:n]  # (B,)
             token = torch.where(done, torch.full_like(token, v.pad), token)

@@ -1,0 +1,95 @@
+"""What `ugen serve` is asked to do, and how requests that arrived together share one engine call.
+
+A task is one request. Tasks whose `group` is equal can be merged: every caption, answer and text
+continuation with the same sampling parameters is one batch of text rows, every drawing with the
+same parameters one batch of image rows (with CFG). Each task keeps its own seed: its rows draw
+their noise from their own generator (`Engine.generate` with one generator per prompt), so a seed
+gives the same output batched or alone, the same as `ugen.load(dir).caption / ask / complete /
+generate` with that seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import numpy as np
+import PIL.Image
+
+from ugen.api import UGen
+from ugen.sampling import SamplingParams
+from ugen.sequences import caption_prompt, vqa_prompt
+
+Kind = Literal["caption", "ask", "text", "generate"]
+Result = Union[str, list[PIL.Image.Image]]
+
+CAPTION_TOKENS = 64  # as `UGen.caption`
+ANSWER_TOKENS = 16  # as `UGen.answer`
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    kind: Kind
+    params: SamplingParams
+    seed: int = 0
+    text: str = ""  # the question (ask) or the prompt (text, generate)
+    image: np.ndarray | None = None  # (S, S, 3) uint8 at the model's size (caption, ask)
+    num: int = 1  # images to draw (generate)
+    max_new_tokens: int = CAPTION_TOKENS  # text only
+
+    @property
+    def rows(self) -> int:
+        """Sequences this task adds to an engine call (CFG's unconditional rows not counted)."""
+        return self.num if self.kind == "generate" else 1
+
+    @property
+    def group(self) -> tuple:
+        """Tasks with equal groups can run in one engine call."""
+        return ("image" if self.kind == "generate" else "text", self.params)
+
+
+def run_group(model: UGen, tasks: list[Task]) -> list[Result]:
+    """Run tasks of one group in one engine call; one result per task, in order."""
+    if len({t.group for t in tasks}) != 1:
+        raise ValueError("tasks of different groups cannot share an engine call")
+    if tasks[0].kind == "generate":
+        return _draw(model, tasks)
+    return _write(model, tasks)
+
+
+def _draw(model: UGen, tasks: list[Task]) -> list[Result]:
+    captions, generators = [], []
+    for task in tasks:
+        generator = model.generator(task.seed)  # one generator for all of a task's images, as `UGen.generate`
+        captions += [model.text_ids(task.text, "prompt")] * task.num
+        generators += [generator] * task.num
+    codes = model.draw_codes(captions, tasks[0].params, generators)[2]
+    images = [PIL.Image.fromarray(i) for i in model.decode_codes(codes)]
+    out, start = [], 0
+    for task in tasks:
+        out.append(images[start : start + task.num])
+        start += task.num
+    return out
+
+
+def _write(model: UGen, tasks: list[Task]) -> list[Result]:
+    """Captions, answers and continuations: text rows, each cut at its own length."""
+    pictured = [t for t in tasks if t.image is not None]
+    codes = dict(zip(map(id, pictured), model.image_codes([t.image for t in pictured]))) if pictured else {}
+    v, prompts = model.vocab, []
+    for task in tasks:
+        if task.kind == "caption":
+            prompts.append(caption_prompt(v, codes[id(task)]))
+        elif task.kind == "ask":
+            prompts.append(vqa_prompt(v, codes[id(task)], model.text_ids(task.text, "question")))
+        else:
+            prompts.append([v.bos, *v.from_text(model.text_ids(task.text, "prompt"))])
+    generators = [model.generator(t.seed) for t in tasks]
+    # A row's first m tokens do not depend on how many more are drawn after them: the longest
+    # length for all, then each row cut to its own, is what each alone would give.
+    rows = model.run(prompts, tasks[0].params, generators, max_new_tokens=max(t.max_new_tokens for t in tasks))
+    out = []
+    for task, prompt, row in zip(tasks, prompts, rows):
+        row = row[: task.max_new_tokens]
+        out.append(model.decode_text(prompt + row if task.kind == "text" else row))
+    return out
