@@ -31,7 +31,7 @@ SEEDS ?= 0 1 2
 JOBS ?= 2
 ABLATION ?= runs/ablation-$(PRESET)
 
-.PHONY: install pretrain vq text-tokenizer eval ablation rl digits bench test clean
+.PHONY: install pretrain vq text-tokenizer eval ablation rl digits bench serve chromium test clean
 
 # torch first, pinned: the CPU wheel is on the machine, and any looser requirement resolved on its own
 # pulls the CUDA build. Everything after is constrained to that torch. flash-attn is only in .[gpu].
@@ -94,8 +94,18 @@ bench: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
 
 # Two workers at one thread each: most tests are short runs that keep one core busy, so on 2 cores
 # this took 6 min 57 s against 9 min 41 s for one worker with two threads.
+# `ugen serve` on the model: the JSON API and the web page at http://127.0.0.1:$(PORT)/
+PORT ?= 8000
+serve: | .venv/installed
+	.venv/bin/ugen serve --model $(MODEL) --port $(PORT) $(ARGS)
+
+# Debian's Chromium and its driver, for the web page's test in a real browser (tests/test_serve_browser.py,
+# skipped where they are absent).
+chromium:
+	apt-get install -y -qq chromium chromium-driver || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
 test: .venv/installed
-	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2 $(ARGS)
+	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -6,6 +6,11 @@ same parameters one batch of image rows (with CFG). Each task keeps its own seed
 their noise from their own generator (`Engine.generate` with one generator per prompt), so a seed
 gives the same output batched or alone, the same as `ugen.load(dir).caption / ask / complete /
 generate` with that seed.
+
+Only the transformer's rows are batched. The VQ tokenizer encodes and decodes each request's images
+on their own, as a request alone would: its convolutions round differently at another batch size,
+which moved some pixels of a decoded image by one level (3 of 24 images in benchmarks/serve_load.py
+before this), and that could move a code of an encoded one. They cost little beside decoding.
 """
 
 from __future__ import annotations
@@ -64,24 +69,21 @@ def _draw(model: UGen, tasks: list[Task]) -> list[Result]:
         captions += [model.text_ids(task.text, "prompt")] * task.num
         generators += [generator] * task.num
     codes = model.draw_codes(captions, tasks[0].params, generators)[2]
-    images = [PIL.Image.fromarray(i) for i in model.decode_codes(codes)]
     out, start = [], 0
-    for task in tasks:
-        out.append(images[start : start + task.num])
+    for task in tasks:  # decoded per request: see the module docstring
+        out.append([PIL.Image.fromarray(i) for i in model.decode_codes(codes[start : start + task.num])])
         start += task.num
     return out
 
 
 def _write(model: UGen, tasks: list[Task]) -> list[Result]:
     """Captions, answers and continuations: text rows, each cut at its own length."""
-    pictured = [t for t in tasks if t.image is not None]
-    codes = dict(zip(map(id, pictured), model.image_codes([t.image for t in pictured]))) if pictured else {}
     v, prompts = model.vocab, []
     for task in tasks:
-        if task.kind == "caption":
-            prompts.append(caption_prompt(v, codes[id(task)]))
+        if task.kind == "caption":  # encoded per request: see the module docstring
+            prompts.append(caption_prompt(v, model.image_codes([task.image])[0]))
         elif task.kind == "ask":
-            prompts.append(vqa_prompt(v, codes[id(task)], model.text_ids(task.text, "question")))
+            prompts.append(vqa_prompt(v, model.image_codes([task.image])[0], model.text_ids(task.text, "question")))
         else:
             prompts.append([v.bos, *v.from_text(model.text_ids(task.text, "prompt"))])
     generators = [model.generator(t.seed) for t in tasks]
