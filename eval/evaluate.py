@@ -38,6 +38,11 @@ Writes `results.json` (every score with its sample count), `report.md` and its p
                  same questions as VQA answered from the passage alone, by question type.
   tokenizer      PSNR (dB), SSIM, codebook usage, and the parser's exact reading of VQ
                  reconstructions (the ceiling of generation).
+  interleaved    text with images inside it (`UGen.write`), started from the first INTERLEAVED_PROMPTS
+                 GenEval prompts of each task: `image_matches_sentence`, of the images drawn
+                 mid-text after a sentence that names colored shapes, those that parse to exactly
+                 the colors and shapes it names (with their counts; sizes and places not checked);
+                 `images_per_sample`, the mean number drawn (not in [0, 1]). Not in the summary.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from tqdm import tqdm
 
 import ugen
 from ugen import geneval, rewards
-from ugen.api import GENERATE_DEFAULTS
+from ugen.api import GENERATE_DEFAULTS, WRITE_DEFAULTS, save_parts
 from ugen.metrics import (
     accuracy_by_type,
     bits_per_byte,
@@ -68,6 +73,7 @@ from ugen.metrics import (
     caption_names_scene,
     cider,
     image_shows,
+    images_match_sentences,
     mean,
     tokenizer_metrics,
 )
@@ -90,6 +96,8 @@ PIL_SHAPES = 200  # single shapes drawn by eval/pil_shapes.py for the model to c
 # eval/make_prompts.py wrote with seed 0; validation's are drawn afresh (and sampling_sweep.py's).
 SPLIT_SEEDS = {"test": 0, "validation": 1}
 GRID_IMAGES = 16  # samples shown per generation task in the report
+INTERLEAVED_PROMPTS = 10  # per GenEval task: the starts of the interleaved samples
+INTERLEAVED_SHOWN = 4  # of them in the report
 
 
 def judge_sanity(prompts: dict[str, list[geneval.PromptSpec]]) -> dict[str, dict]:
@@ -126,6 +134,18 @@ def generation(model, prompts, images_per_prompt: int, params: SamplingParams, s
              zip(model.decode_codes(codes), (x for x in single for _ in range(images_per_prompt)))]
     scores["single_object_exact"] = {"score": mean(flags), "n": len(flags)}
     return scores, samples
+
+
+def interleaved(model, prompts: dict[str, list[geneval.PromptSpec]], seed: int) -> tuple[dict, list]:
+    """Does an image drawn mid-text show what the sentence before it says? (see the docstring) The
+    scores and the first samples, for the report."""
+    starts = [spec.prompt for specs in prompts.values() for spec in specs[:INTERLEAVED_PROMPTS]]
+    samples = model.write(starts, WRITE_DEFAULTS, seed)
+    matches = [m for parts in samples for m in images_match_sentences(parts)]
+    drawn = [sum(isinstance(p, PIL.Image.Image) for p in parts) for parts in samples]
+    scores = {"image_matches_sentence": {"score": mean(matches), "n": len(matches)},  # NaN when none drawn
+              "images_per_sample": {"score": mean(drawn), "n": len(drawn)}}
+    return scores, samples[:INTERLEAVED_SHOWN]
 
 
 def understanding(model, examples, seed: int, shapes: bool, pil_seed: int = 0) -> tuple[dict, list[str]]:
@@ -236,8 +256,10 @@ def tokenizer(model, examples) -> dict:
     return {row: {"score": metrics[key], "n": len(examples)} for key, row in names.items() if key in metrics}  # parser: Shapes only
 
 
-def write_report(out: Path, results: dict, samples: dict, captions: list, upscale: int = 3) -> None:
-    """report.md with the tables, an image grid per generation task and a bar plot."""
+def write_report(out: Path, results: dict, samples: dict, captions: list, interleaved_samples: list = (),
+                 upscale: int = 3) -> None:
+    """report.md with the tables, an image grid per generation task, samples of text with images
+    inside it (each also as interleaved-N.md) and a bar plot."""
     lines = ["# ugen evaluation", "", f"Model: `{results['model']}`, {results['split']} split, sampling seed {results['seed']}.", ""]
     for category, rows in results["results"].items():
         lines += [f"## {category}", "", "| metric | score | n |", "| --- | --- | --- |"]
@@ -249,6 +271,10 @@ def write_report(out: Path, results: dict, samples: dict, captions: list, upscal
         PIL.Image.fromarray(grid).resize((grid.shape[1] * upscale, grid.shape[0] * upscale), 0).save(out / f"samples-{task}.png")
         lines += [f"**{task}**: " + "; ".join(f"{i + 1}. {p}" for i, p in enumerate(prompts)), "",
                   f"![{task}](samples-{task}.png)", ""]
+    if interleaved_samples:
+        lines += ["## Text with images inside it", ""]
+    for i, parts in enumerate(interleaved_samples, 1):
+        lines += [f"**sample {i}**", "", save_parts(parts, out / f"interleaved-{i}.md", upscale)[0].read_text()]
     lines += ["## Captions", "", "| model | reference |", "| --- | --- |"]
     lines += [f"| {c} | {r} |" for c, r in captions] + [""]
     if "generation" not in results["results"]:  # GenEval is Shapes-only
@@ -318,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"evaluate: {args.data} has no Shapes scenes: skipping {SHAPES_ONLY_PARTS}"
               + (f"; skipped {skipped} unreadable {args.split} rows" if skipped else ""), file=sys.stderr)
 
-    results = {}
+    results, interleaved_samples = {}, []
     if shapes:
         # the test's prompts are the file's; validation's as many, drawn afresh from another seed
         all_prompts = geneval.load_prompts(PROMPTS)
@@ -327,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         prompts = {task: specs[: args.prompts_per_task] for task, specs in all_prompts.items()}
         results["judge_sanity"] = judge_sanity(prompts)
         results["generation"], samples = generation(model, prompts, args.images_per_prompt, params, args.seed)
+        results["interleaved"], interleaved_samples = interleaved(model, prompts, args.seed)
     results["understanding"], captions = understanding(model, examples, args.seed, shapes, pil_seed=SPLIT_SEEDS[args.split])
     scores = similarities(model, shapes, args.reward_model)
     results["reconstruction"] = reconstruction(model, examples[: args.num_reconstruct], captions[: args.num_reconstruct],
@@ -345,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or default_out(Path(args.model), args.split))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
-    write_report(out, results, samples, list(zip(captions[:8], [e.caption for e in examples[:8]])))
+    write_report(out, results, samples, list(zip(captions[:8], [e.caption for e in examples[:8]])), interleaved_samples)
 
     print(f"{'category':<14} {'metric':<28} {'score':>7} {'n':>6}")
     for category, rows in results["results"].items():

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import pytest
+import torch
 
 from ugen.runtime import run_main
 
@@ -125,3 +126,17 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def opens_images(model) -> Iterator[None]:
+    """Make the model prefer <boi> wherever it may open an image (+50 on its logit): the tiny test
+    model, trained a few steps, seldom does on its own. Inside an image the engine allows image ids
+    only, so every sample is its prompt and then images until the length runs out."""
+    bias = torch.zeros(model.vocab.size)
+    bias[model.vocab.boi] = 50.0
+    handle = model.model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+    try:
+        yield
+    finally:
+        handle.remove()

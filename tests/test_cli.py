@@ -64,6 +64,11 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_model_dir, images, tmp_path,
         ("caption", "--model", str(tmp_path), str(images[0])),  # a directory that is not a model
         ("caption", "--model", str(tmp_path / "nowhere"), str(images[0])),
         ("generate", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--out", str(tmp_path / "x.png"), "--num", "0"),
+        ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--images"),  # no --out
+        ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--images", "--out", str(tmp_path / "x.png")),
+        ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--images", "--out", str(tmp_path / "no" / "x.md")),
+        ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--max-new-tokens", "0"),
+        ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle " * 100, "--images", "--out", str(tmp_path / "x.md")),
     ]
     for args in cases:
         result = run_in_process(capsys, main, *args)

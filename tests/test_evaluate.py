@@ -18,7 +18,12 @@ def test_evaluate_writes_results_and_report(tiny_model_dir, tmp_path):
     result = run_script("eval/evaluate.py", "--model", str(tiny_model_dir), "--num-test", "20",
                         "--images-per-prompt", "1", "--num-reconstruct", "8", "--out", str(out))
     results = json.loads((out / "results.json").read_text())["results"]
-    assert set(results) == {"summary", "judge_sanity", "generation", "understanding", "reconstruction", "text", "tokenizer"}
+    assert set(results) == {"summary", "judge_sanity", "generation", "interleaved", "understanding", "reconstruction", "text",
+                            "tokenizer"}
+    interleaved = results.pop("interleaved")  # a mean count, and NaN where no image was drawn mid-text
+    assert interleaved["images_per_sample"]["n"] == 6 * 10  # ten GenEval prompts of each task
+    matched = interleaved["image_matches_sentence"]
+    assert (matched["n"] == 0) == (matched["score"] != matched["score"]) and (matched["n"] == 0 or 0 <= matched["score"] <= 1)
     assert all(r["score"] >= 0.99 for r in results["judge_sanity"].values())
     tasks = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
     gen = results["generation"]

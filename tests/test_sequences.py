@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from ugen.model import build_model
 from ugen.training import Distributed, forward_backward
 from ugen.sequences import (
+    INTERLEAVED_SCENES,
+    interleaved_row,
     IGNORE,
     TEXT_TASKS,
     RowSampler,
@@ -77,6 +79,24 @@ def test_sampler_is_a_function_of_the_generator_and_honours_the_mixture():
     no_qa = [TokenizedExample(CODES, [1], [[2]], [], [6]) for _ in range(4)]
     only = RowSampler(no_qa, V, {"vqa": 1, "text_qa": 1, "caption": 1}, 0.0)
     assert {r.task for r in only.rows(np.random.default_rng(0), 16)} == {"caption"}
+
+
+def test_interleaved_rows_alternate_captions_and_images_within_the_length():
+    row = interleaved_row(V, [([1, 2], CODES), ([3], CODES[::-1])])
+    assert row.ids == [V.bos, V.text_start + 1, V.text_start + 2, V.boi, *V.from_codes(CODES), V.eoi,
+                       V.text_start + 3, V.boi, *V.from_codes(CODES[::-1]), V.eoi, V.eos]
+    assert row.loss_from == 0 and row.task == "interleaved"  # text and images alike are trained on
+    examples = [TokenizedExample(CODES, [1], [[2] * (1 + i % 3)], [], [6]) for i in range(10)]
+    unbounded = RowSampler(examples, V, {"interleaved": 1}, 0.0)
+    rows = unbounded.rows(np.random.default_rng(0), 8)
+    assert all(r.ids.count(V.boi) == INTERLEAVED_SCENES for r in rows)
+    # each scene takes its caption (1 to 3 pieces) + 4 codes + boi and eoi: 7 to 9 tokens, so 20
+    # tokens hold two scenes (bos, eos, at most 18) but not three (at least 2 + 21)
+    bounded = RowSampler(examples, V, {"interleaved": 1}, 0.0, max_len=20)
+    rows = bounded.rows(np.random.default_rng(0), 32)
+    assert all(len(r.ids) <= 20 and r.ids.count(V.boi) == 2 for r in rows)
+    lone = RowSampler(examples, V, {"interleaved": 1}, 0.0, max_len=5)  # at least one scene, however long
+    assert all(r.ids.count(V.boi) == 1 for r in lone.rows(np.random.default_rng(0), 4))
 
 
 def test_pack_lays_rows_end_to_end_with_positions_restarting():

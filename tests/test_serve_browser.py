@@ -8,6 +8,7 @@ keeps a screenshot of the page at the end (the README's is of runs/default/model
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import random
@@ -19,11 +20,11 @@ import PIL.Image
 import pytest
 
 import ugen
-from ugen.api import GENERATE_DEFAULTS
+from ugen.api import GENERATE_DEFAULTS, WRITE_DEFAULTS
 from ugen.serve import create_app
 from ugen.shapes import render, sample_scene
 
-from conftest import live_server
+from conftest import live_server, opens_images
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [
@@ -94,8 +95,24 @@ def test_the_page_captions_answers_draws_and_writes_as_the_api_does(browser, tin
             got = PIL.Image.open(io.BytesIO(base64.b64decode(src.removeprefix("data:image/png;base64,"))))
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
+        prompt = by_id("text-prompt").get_attribute("value")
         by_id("text-btn").click()
-        assert answer_of("text-out") == model.complete(by_id("text-prompt").get_attribute("value"), max_new_tokens=48)
+        assert answer_of("text-out") == model.complete(prompt, max_new_tokens=48)
+
+        # text with images inside it; the tiny model is made to open images (conftest.opens_images)
+        with contextlib.nullcontext() if "UGEN_BROWSER_MODEL" in os.environ else opens_images(model):
+            parts = model.write([prompt], WRITE_DEFAULTS, 0)[0]
+            images = [p for p in parts if not isinstance(p, str)]
+            by_id("text-images").click()
+            by_id("text-btn").click()  # the page empties the output before it asks the server
+            answer_of("text-out")
+        shown = [img.get_attribute("src") for img in by_id("text-out").find_elements(By.TAG_NAME, "img")]
+        assert "UGEN_BROWSER_MODEL" in os.environ or images, "the tiny model drew no image inside the text"
+        for src, want in zip(shown, images, strict=True):
+            got = PIL.Image.open(io.BytesIO(base64.b64decode(src.removeprefix("data:image/png;base64,"))))
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        text = by_id("text-out").find_element(By.CLASS_NAME, "answer").get_attribute("textContent")
+        assert " ".join(text.split()) == " ".join(p for p in parts if isinstance(p, str))
 
         screenshot = Path(os.environ.get("UGEN_SCREENSHOT", tmp_path / "page.png"))
         browser.save_screenshot(str(screenshot))

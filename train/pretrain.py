@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mix = parser.add_argument_group("task mixture")
     # Half on text-to-image, the task furthest from its goal: with the cell VQ, 1200 tiny steps
     # reached validation t2i loss 1.50 against 1.57 at 0.4 (caption 0.80 against 0.75, vqa 0.48 / 0.46).
-    mix.add_argument("--mix", default="text=0.05,text_qa=0.1,caption=0.2,vqa=0.15,t2i=0.5",
+    mix.add_argument("--mix", default="text=0.05,text_qa=0.1,caption=0.2,vqa=0.15,t2i=0.4,interleaved=0.1",
                      help=f"task weights in phase 1 over {', '.join(TASKS)} (phase 0 keeps the text ones)")
     mix.add_argument("--caption-dropout", type=float, default=0.1,
                      help="probability that a t2i row drops its caption (trains the unconditional branch of CFG)")
@@ -220,11 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     _, train_rows = split_codes(args, "train", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     _, val_rows = split_codes(args, "validation", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     del image_tokenizer  # the transformer trains on codes only
-    sampler = RowSampler(train_rows, vocab, args.mix, args.caption_dropout)
+    sampler = RowSampler(train_rows, vocab, args.mix, args.caption_dropout, args.max_len)
     if args.text_only_steps and not any(sampler.weights[TASKS.index(t)] > 0 for t in TEXT_TASKS):
         raise UserError(f"--text-only-steps {args.text_only_steps} needs a text task ({', '.join(TEXT_TASKS)}) "
                         "in --mix that this data supports")
-    val_batches = validation_batches(RowSampler(val_rows, vocab, args.mix, 0.0), vocab, args.max_len, args.seed)
+    val_batches = validation_batches(RowSampler(val_rows, vocab, args.mix, 0.0, args.max_len), vocab, args.max_len, args.seed)
 
     # -- schedule, model, optimizer ---------------------------------------------------------
     schedule = build_schedule(

@@ -32,6 +32,9 @@ ImageLike = Union[str, os.PathLike, PIL.Image.Image, np.ndarray]
 # sit and cooler sampling leaves images blank; moderate guidance.
 GENERATE_DEFAULTS = SamplingParams(temperature=1.15, top_k=0, top_p=1.0, cfg=2.0)
 GREEDY = SamplingParams(temperature=0.0)
+# Text with images inside it (`UGen.write`): images drawn without guidance (the unconditional branch
+# would need the text so far removed at every <boi>), so they are sampled at 1.0.
+WRITE_DEFAULTS = SamplingParams(temperature=1.0)
 ROWS_PER_CALL = 128  # sequences decoded together; bounds memory on long prompt lists
 
 
@@ -75,6 +78,7 @@ class UGen:
         self.engine = Engine(self.model, self.vocab, self.image_tokenizer.grid, active_image=trained_codes(self.meta))
         self.image_size = self.image_tokenizer.config.image_size
         self.image_len = self.image_tokenizer.grid**2
+        self.max_len = self.meta.get("max_len", self.model.config.max_position_embeddings)  # the trained length
         self.directory = directory
 
     # -- helpers ------------------------------------------------------------------------------
@@ -168,10 +172,69 @@ class UGen:
         images = self.decode_codes(self.generate_codes([prompt], num, params, seed))
         return [PIL.Image.fromarray(i) for i in images]
 
+    def parts(self, ids: Sequence[int]) -> list[str | PIL.Image.Image]:
+        """A sampled row with images inside its text as its parts in order: the text between images
+        (empty runs left out) and each complete image (an image cut short by the length is dropped)."""
+        v, parts, text, codes = self.vocab, [], [], None
+        for t in ids:
+            if codes is None and t == v.boi:
+                parts.append(self.decode_text(text))
+                text, codes = [], []
+            elif codes is not None and t == v.eoi:
+                parts.append(np.array(v.to_codes(codes)) if len(codes) == self.image_len else "")
+                codes = None
+            elif codes is not None:
+                codes.append(t)
+            else:
+                text.append(t)
+        parts.append(self.decode_text(text))
+        parts = [p for p in parts if not isinstance(p, str) or p]
+        drawn = [p for p in parts if isinstance(p, np.ndarray)]
+        images = iter(self.decode_codes(np.stack(drawn)) if drawn else [])
+        return [p if isinstance(p, str) else PIL.Image.fromarray(next(images)) for p in parts]
+
+    def write_prompt(self, prompt: str) -> list[int]:
+        """The row `write` continues; a prompt that leaves no room to write is a UserError."""
+        ids = [self.vocab.bos, *self.vocab.from_text(self.text_ids(prompt, "prompt"))]
+        if len(ids) >= self.max_len:
+            raise UserError(f"the prompt is too long: {len(ids)} tokens, the model takes {self.max_len}")
+        return ids
+
+    def write(self, prompts: Sequence[str], params: SamplingParams = WRITE_DEFAULTS, seed: int = 0,
+              max_new_tokens: int | None = None) -> list[list[str | PIL.Image.Image]]:
+        """Continue each text prompt and let the model draw images inside the text wherever it opens
+        one (interleaved rows in its training mixture teach it to): for each, the prompt and its
+        continuation as text and image parts in order. Up to `max_new_tokens` new tokens, and no
+        further than the model's trained length (the default)."""
+        rows = [self.write_prompt(p) for p in prompts]
+        longest = max(len(r) for r in rows)
+        room = self.max_len - longest
+        new = self.run(rows, params, self.generator(seed), max_new_tokens=min(max_new_tokens or room, room),
+                       allow_images=True)
+        return [self.parts(r + n) for r, n in zip(rows, new)]
+
     def complete(self, prompt: str, params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> str:
         """Continue a text prompt; returns the prompt and its continuation as one text."""
         ids = [self.vocab.bos, *self.vocab.from_text(self.text_ids(prompt, "prompt"))]
         return self.decode_text(ids + self.run([ids], params, self.generator(seed), max_new_tokens=max_new_tokens)[0])
+
+
+def save_parts(parts: Sequence[str | PIL.Image.Image], path: str | os.PathLike, upscale: int = 1) -> list[Path]:
+    """A sample of text with images inside it (`UGen.write`) as Markdown at `path` (FILE.md) with
+    its images beside it as FILE-1.png, FILE-2.png, ... (enlarged `upscale` times, nearest
+    neighbour); returns the files written, the Markdown first."""
+    path = Path(path)
+    lines, written = [], []
+    for part in parts:
+        if isinstance(part, str):
+            lines.append(part)
+            continue
+        image = path.with_name(f"{path.stem}-{len(written) + 1}.png")
+        part.resize((part.width * upscale, part.height * upscale), resample=0).save(image)
+        written.append(image)
+        lines.append(f"![image {len(written)}]({image.name})")
+    path.write_text("\n\n".join(lines) + "\n")
+    return [path, *written]
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> UGen:

@@ -4,6 +4,7 @@
     ugen ask      --model DIR --image IMG --question Q       one answer
     ugen generate --model DIR --prompt P --out FILE.png [--num N] [--cfg S] [--seed K]
     ugen text     --model DIR --prompt P                     the prompt and its continuation
+    ugen text     --model DIR --prompt P --images --out F.md  text with images inside it: F.md, F-1.png ...
     ugen serve    --model DIR [--host H] [--port P]          HTTP API and web page (ugen/serve)
 
 With --num N > 1, `generate` writes numbered files FILE-1.png ... FILE-N.png beside FILE.png.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ugen.api import GENERATE_DEFAULTS, GREEDY, load, read_image
+from ugen.api import GENERATE_DEFAULTS, GREEDY, WRITE_DEFAULTS, load, read_image, save_parts
 from ugen.errors import UserError
 from ugen.runtime import run_main
 from ugen.sampling import SamplingParams
@@ -64,7 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("text", "continue a text prompt", GREEDY)
     sub.add_argument("--prompt", required=True, help="text to continue")
-    sub.add_argument("--max-new-tokens", type=int, default=64, help="longest continuation")
+    sub.add_argument("--max-new-tokens", type=int, default=None,
+                     help="longest continuation (default: 64; with --images, the rest of the model's length)")
+    sub.add_argument("--images", dest="with_images", action="store_true",
+                     help="let the model draw images inside the text (sampled at temperature 1 unless told): "
+                          "writes --out as Markdown with the PNGs beside it")
+    sub.add_argument("--out", default=None, help="with --images: the Markdown file to write (FILE.md)")
+    sub.add_argument("--upscale", type=int, default=1, help="with --images: enlarge the PNGs by this factor")
+    sub.set_defaults(temperature=None)  # 0 (greedy), or 1 with --images
 
     sub = commands.add_parser("serve", help="serve the model over HTTP: a JSON API and a web page",
                               description="Serve the model over HTTP: a JSON API and a web page at /.")
@@ -114,6 +122,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.upscale < 1:
             raise UserError(f"--upscale must be >= 1, not {args.upscale}")
         paths = output_paths(args.out, args.num)
+    if args.command == "text" and args.with_images:
+        if args.out is None or Path(args.out).suffix.lower() != ".md":
+            raise UserError("--images writes a Markdown file: give --out FILE.md")
+        if not Path(args.out).parent.is_dir():
+            raise UserError(f"--out {args.out}: directory {Path(args.out).parent} does not exist")
+        if args.upscale < 1:
+            raise UserError(f"--upscale must be >= 1, not {args.upscale}")
+    if args.command == "text" and args.temperature is None:  # greedy text; images inside it are sampled
+        args.temperature = (WRITE_DEFAULTS if args.with_images else GREEDY).temperature
+    if args.command == "text" and args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, not {args.max_new_tokens}")
     if getattr(args, "prompt", None) is not None and not args.prompt.strip():
         raise UserError("the prompt is empty")
     if getattr(args, "question", None) is not None and not args.question.strip():
@@ -134,8 +153,12 @@ def main(argv: list[str] | None = None) -> None:
                 image = image.resize((image.width * args.upscale, image.height * args.upscale), resample=0)
             image.save(path)
             print(path)
+    elif args.with_images:
+        parts = model.write([args.prompt], _params(args), args.seed, args.max_new_tokens)[0]
+        for path in save_parts(parts, args.out, args.upscale):
+            print(path)
     else:
-        print(model.complete(args.prompt, _params(args), args.seed, args.max_new_tokens))
+        print(model.complete(args.prompt, _params(args), args.seed, args.max_new_tokens or 64))
 
 
 def entry() -> None:

@@ -28,6 +28,19 @@ def caption_names_scene(caption: str, scene: Scene) -> bool:
     return mentioned == Counter((o.color, o.shape) for o in scene.objects)
 
 
+def images_match_sentences(parts: list) -> list[bool]:
+    """Of a text with images inside it (str and image parts, `UGen.write`), for each image right
+    after a text part that names colored shapes: does the parser read exactly those colors and
+    shapes in it (as many of each; sizes and places not checked)?"""
+    matches = []
+    for before, part in zip(parts, parts[1:]):
+        named = isinstance(before, str) and not isinstance(part, str) and caption_objects(before)
+        if named:
+            found = sorted((o.color, o.shape) for o in parse(np.asarray(part)))
+            matches.append(found == sorted((color, shape) for _, color, shape in named))
+    return matches
+
+
 def image_shows(image: np.ndarray, prompt_scene: Scene) -> bool:
     """A generated image is right when the parser finds exactly the prompt's objects, compared on
     the attributes the prompt states (color and shape for 'a red circle')."""

@@ -1,10 +1,13 @@
-"""The five sequence formats and the batches built from them.
+"""The six sequence formats and the batches built from them.
 
-    text     bos text eos
-    text_qa  bos passage question <answer> answer eos        (reading comprehension, no image)
-    caption  bos boi codes eoi <caption> caption eos
-    vqa      bos boi codes eoi question <answer> answer eos
-    t2i      bos <gen> caption boi codes eoi eos        (caption dropped with prob p, for CFG)
+    text         bos text eos
+    text_qa      bos passage question <answer> answer eos        (reading comprehension, no image)
+    caption      bos boi codes eoi <caption> caption eos
+    vqa          bos boi codes eoi question <answer> answer eos
+    t2i          bos <gen> caption boi codes eoi eos        (caption dropped with prob p, for CFG)
+    interleaved  bos caption boi codes eoi caption boi codes eoi ... eos
+                 (a few scenes described one after another, each followed by its image: text with
+                 images inside it, which `UGen.write` samples)
 
 Each row carries a loss mask: the model is trained on what the task asks it to produce (the whole
 passage, the caption, the answer, the image), not on the conditioning it is given.
@@ -20,9 +23,10 @@ import torch
 
 from ugen.vocab import Vocab
 
-TASKS = ("text", "text_qa", "caption", "vqa", "t2i")
+TASKS = ("text", "text_qa", "caption", "vqa", "t2i", "interleaved")
 TEXT_TASKS = ("text", "text_qa")  # what phase 0 of the vocabulary schedule trains on
 IGNORE = -100  # label value that cross-entropy skips
+INTERLEAVED_SCENES = 3  # most scenes in an interleaved row (fewer where they would not fit the row length)
 
 
 @dataclass
@@ -71,6 +75,15 @@ def t2i_prompt(vocab: Vocab, caption: list[int] | None) -> list[int]:
 def t2i_row(vocab: Vocab, caption: list[int] | None, codes) -> Row:
     prompt = t2i_prompt(vocab, caption)
     return Row([*prompt, *vocab.from_codes(codes), vocab.eoi, vocab.eos], len(prompt) - 1, "t2i")
+
+
+def interleaved_row(vocab: Vocab, scenes: Sequence[tuple[list[int], Sequence[int]]]) -> Row:
+    """(caption, codes) pairs as one text with each scene's image after its caption; all of it is
+    trained on, text and images alike."""
+    ids = [vocab.bos]
+    for caption, codes in scenes:
+        ids += [*vocab.from_text(caption), vocab.boi, *vocab.from_codes(codes), vocab.eoi]
+    return Row([*ids, vocab.eos], 0, "interleaved")
 
 
 def collate(rows: list[Row], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
@@ -149,11 +162,12 @@ class RowSampler:
     (seed, step): the data order of a resumed run is the uninterrupted run's.
     """
 
-    def __init__(self, examples: Sequence[TokenizedExample], vocab: Vocab, mix: dict[str, float], caption_dropout: float):
+    def __init__(self, examples: Sequence[TokenizedExample], vocab: Vocab, mix: dict[str, float], caption_dropout: float,
+                 max_len: int | None = None):
         unknown = set(mix) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks in the mixture: {sorted(unknown)} (tasks: {', '.join(TASKS)})")
-        self.examples, self.vocab, self.caption_dropout = examples, vocab, caption_dropout
+        self.examples, self.vocab, self.caption_dropout, self.max_len = examples, vocab, caption_dropout, max_len
         # The code cache (`ugen.data.cache.CodeCache`) knows its rows with QA without reading them all.
         self.with_qa = getattr(examples, "with_qa", None)
         if self.with_qa is None:
@@ -200,6 +214,8 @@ class RowSampler:
             if task == "text_qa":  # the same question, answered from the passage about the scene
                 return text_qa_row(vocab, ex.passage, question, answer)
             return vqa_row(vocab, ex.codes, question, answer)
+        if task == "interleaved":
+            return self.interleaved(rng)
         ex = self.examples[rng.integers(len(self.examples))]
         if task == "text":
             return text_row(vocab, ex.passage)
@@ -208,3 +224,17 @@ class RowSampler:
         prompt = ex.prompts[rng.integers(len(ex.prompts))]
         dropped = rng.random() < self.caption_dropout
         return t2i_row(vocab, None if dropped else prompt, ex.codes)
+
+    def interleaved(self, rng: np.random.Generator) -> Row:
+        """Up to INTERLEAVED_SCENES random scenes, each with one of its generation prompts, as many
+        as fit in `max_len` (at least one)."""
+        scenes, length = [], 2  # bos, eos
+        for _ in range(INTERLEAVED_SCENES):
+            ex = self.examples[rng.integers(len(self.examples))]
+            caption = ex.prompts[rng.integers(len(ex.prompts))]
+            added = len(caption) + len(ex.codes) + 2  # boi, eoi
+            if scenes and self.max_len is not None and length + added > self.max_len:
+                break
+            scenes.append((caption, ex.codes))
+            length += added
+        return interleaved_row(self.vocab, scenes)

@@ -6,6 +6,7 @@
     POST /ask         multipart: image, question [, temperature, top_k, top_p, seed] -> {"answer"}
     POST /generate    JSON: prompt [, num, cfg, temperature, top_k, top_p, seed]  -> {"images": [base64 PNG]}
     POST /text        JSON: prompt [, max_new_tokens, temperature, top_k, top_p, seed] -> {"text"}
+                      with "images": true, text with images inside it -> {"parts": [{"text"} | {"image": base64 PNG}]}
 
 Every answer also carries `seconds` (from arrival to answer) and `batch` (how many requests and
 rows shared its engine call). The model is loaded once; requests go through one `Batcher`, so those
@@ -32,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from ugen.api import GENERATE_DEFAULTS, GREEDY, UGen, load, read_image
+from ugen.api import GENERATE_DEFAULTS, GREEDY, WRITE_DEFAULTS, UGen, load, read_image
 from ugen.errors import UserError, one_line
 from ugen.sampling import SamplingParams
 from ugen.serve.batcher import Batcher, QueueFull
@@ -64,8 +65,10 @@ class GenerateBody(BaseModel):
 
 class TextBody(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(GREEDY.temperature, **TEMPERATURE)
+    images: bool = Field(False, description="let the model draw images inside the text: answers `parts`")
+    max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS,
+                                       description="default 64; with images, the rest of the model's length")
+    temperature: float | None = Field(None, **{**TEMPERATURE, "description": "default 0 (greedy); with images, 1"})
     top_k: int = Field(GREEDY.top_k, **TOP_K)
     top_p: float = Field(GREEDY.top_p, **TOP_P)
     seed: int = Field(0, **SEED)
@@ -208,10 +211,17 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
     @app.post("/text")
     async def text(body: TextBody):
         started = time.perf_counter()
-        check_length(body.prompt, "prompt", body.max_new_tokens)
-        task = Task("text", sampling(body.temperature, body.top_k, body.top_p), body.seed, body.prompt,
-                    max_new_tokens=body.max_new_tokens)
+        temperature = body.temperature if body.temperature is not None else (WRITE_DEFAULTS if body.images else GREEDY).temperature
+        params = sampling(temperature, body.top_k, body.top_p)
+        if body.images:
+            model.write_prompt(body.prompt)  # a prompt with no room left is refused here, not in the batch
+            task = Task("write", params, body.seed, body.prompt, max_new_tokens=body.max_new_tokens or model.max_len)
+        else:
+            check_length(body.prompt, "prompt", body.max_new_tokens or 64)
+            task = Task("text", params, body.seed, body.prompt, max_new_tokens=body.max_new_tokens or 64)
         out, meta = await serve(task, started)
+        if body.images:
+            return {"parts": [{"text": p} if isinstance(p, str) else {"image": _png(p)} for p in out], **meta}
         return {"text": out, **meta}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -1,11 +1,12 @@
 """What `ugen serve` is asked to do, and how requests that arrived together share one engine call.
 
 A task is one request. Tasks whose `group` is equal can be merged: every caption, answer and text
-continuation with the same sampling parameters is one batch of text rows, every drawing with the
-same parameters one batch of image rows (with CFG). Each task keeps its own seed: its rows draw
+continuation with the same sampling parameters is one batch of text rows, every text with images
+inside it (`write`) one batch of such rows, every drawing with the same parameters one batch of
+image rows (with CFG). Each task keeps its own seed: its rows draw
 their noise from their own generator (`Engine.generate` with one generator per prompt), so a seed
 gives the same output batched or alone, the same as `ugen.load(dir).caption / ask / complete /
-generate` with that seed.
+write / generate` with that seed.
 
 Only the transformer's rows are batched. The VQ tokenizer encodes and decodes each request's images
 on their own, as a request alone would: its convolutions round differently at another batch size,
@@ -25,8 +26,8 @@ from ugen.api import UGen
 from ugen.sampling import SamplingParams
 from ugen.sequences import caption_prompt, vqa_prompt
 
-Kind = Literal["caption", "ask", "text", "generate"]
-Result = Union[str, list[PIL.Image.Image]]
+Kind = Literal["caption", "ask", "text", "write", "generate"]
+Result = Union[str, list[PIL.Image.Image], list[Union[str, PIL.Image.Image]]]
 
 CAPTION_TOKENS = 64  # as `UGen.caption`
 ANSWER_TOKENS = 16  # as `UGen.answer`
@@ -37,7 +38,7 @@ class Task:
     kind: Kind
     params: SamplingParams
     seed: int = 0
-    text: str = ""  # the question (ask) or the prompt (text, generate)
+    text: str = ""  # the question (ask) or the prompt (text, write, generate)
     image: np.ndarray | None = None  # (S, S, 3) uint8 at the model's size (caption, ask)
     num: int = 1  # images to draw (generate)
     max_new_tokens: int = CAPTION_TOKENS  # text only
@@ -50,7 +51,7 @@ class Task:
     @property
     def group(self) -> tuple:
         """Tasks with equal groups can run in one engine call."""
-        return ("image" if self.kind == "generate" else "text", self.params)
+        return ({"generate": "image", "write": "write"}.get(self.kind, "text"), self.params)
 
 
 def run_group(model: UGen, tasks: list[Task]) -> list[Result]:
@@ -77,10 +78,12 @@ def _draw(model: UGen, tasks: list[Task]) -> list[Result]:
 
 
 def _write(model: UGen, tasks: list[Task]) -> list[Result]:
-    """Captions, answers and continuations: text rows, each cut at its own length."""
+    """Captions, answers, continuations and texts with images: rows cut each at its own length."""
     v, prompts = model.vocab, []
     for task in tasks:
-        if task.kind == "caption":  # encoded per request: see the module docstring
+        if task.kind == "write":
+            prompts.append(model.write_prompt(task.text))
+        elif task.kind == "caption":  # encoded per request: see the module docstring
             prompts.append(caption_prompt(v, model.image_codes([task.image])[0]))
         elif task.kind == "ask":
             prompts.append(vqa_prompt(v, model.image_codes([task.image])[0], model.text_ids(task.text, "question")))
@@ -89,9 +92,15 @@ def _write(model: UGen, tasks: list[Task]) -> list[Result]:
     generators = [model.generator(t.seed) for t in tasks]
     # A row's first m tokens do not depend on how many more are drawn after them: the longest
     # length for all, then each row cut to its own, is what each alone would give.
-    rows = model.run(prompts, tasks[0].params, generators, max_new_tokens=max(t.max_new_tokens for t in tasks))
+    writing = tasks[0].kind == "write"
+    # as `UGen.write`, a text with images stops at the model's length
+    budgets = [min(t.max_new_tokens, model.max_len - len(p)) if writing else t.max_new_tokens for t, p in zip(tasks, prompts)]
+    rows = model.run(prompts, tasks[0].params, generators, max_new_tokens=max(budgets), allow_images=writing)
     out = []
-    for task, prompt, row in zip(tasks, prompts, rows):
-        row = row[: task.max_new_tokens]
-        out.append(model.decode_text(prompt + row if task.kind == "text" else row))
+    for task, prompt, row, budget in zip(tasks, prompts, rows, budgets):
+        row = row[:budget]
+        if writing:
+            out.append(model.parts(prompt + row))
+        else:
+            out.append(model.decode_text(prompt + row if task.kind == "text" else row))
     return out

@@ -88,12 +88,31 @@ async function write(event) {
   const out = $("text-out");
   out.classList.remove("error");
   out.textContent = "…";
+  const images = $("text-images").checked;
   try {
     const answer = await call("/text", {
       prompt: $("text-prompt").value,
-      max_new_tokens: Number($("text-tokens").value),
+      // with images the model writes to its length: a few scenes, each with its picture
+      max_new_tokens: images ? null : Number($("text-tokens").value),
+      images,
     }, true);
-    show(out, answer.text, answer);
+    if (!images) {
+      show(out, answer.text, answer);
+      return;
+    }
+    // text with images inside it: each part in order, then the time
+    show(out, "", answer);
+    const said = out.querySelector(".answer");
+    for (const part of answer.parts) {
+      if (part.text !== undefined) {
+        said.append(part.text + " ");
+      } else {
+        const img = document.createElement("img");
+        img.src = `data:image/png;base64,${part.image}`;
+        img.className = "inline";
+        said.append(img, " ");
+      }
+    }
   } catch (err) {
     fail(out, err.message);
   }
