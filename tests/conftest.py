@@ -129,13 +129,14 @@ def live_server(app) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def opens_images(model) -> Iterator[None]:
-    """Make the model prefer <boi> wherever it may open an image (+50 on its logit): the tiny test
-    model, trained a few steps, seldom does on its own. Inside an image the engine allows image ids
-    only, so every sample is its prompt and then images until the length runs out."""
-    bias = torch.zeros(model.vocab.size)
-    bias[model.vocab.boi] = 50.0
-    handle = model.model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+def opens_images(model, bias: float = 50.0) -> Iterator[None]:
+    """Make the model prefer <boi> wherever it may open an image (+`bias` on its logit): the tiny
+    test model, trained a few steps, seldom does on its own. Inside an image the engine allows image
+    ids only; at +50 every sample is its prompt and then images until the length runs out, at a
+    few units text and images alternate."""
+    logit = torch.zeros(model.vocab.size)
+    logit[model.vocab.boi] = bias
+    handle = model.model.lm_head.register_forward_hook(lambda module, inputs, out: out + logit)
     try:
         yield
     finally:

@@ -63,16 +63,21 @@ def test_write_draws_as_many_whole_images_as_fit_the_length(model):
 
 
 def test_write_tasks_batched_give_what_each_gives_alone(model):
-    params = SamplingParams(temperature=1.0)
-    tasks = [Task("write", params, 0, "a red circle", max_new_tokens=model.max_len),
-             Task("write", params, 1, "two blue squares and a green triangle", max_new_tokens=model.max_len),
-             Task("write", params, 2, "a circle", max_new_tokens=model.image_len + 5)]
-    with opens_images(model):
+    """Text stretches of different lengths and images in between (the tiny model nudged to open
+    images now and then): every row's text and images are those it draws alone, its generator
+    carried from one stretch to the next."""
+    params, drawing = SamplingParams(temperature=1.0), SamplingParams(temperature=1.15, cfg=2.0)
+    tasks = [Task("write", params, 0, "a red circle", max_new_tokens=model.max_len, image_params=drawing),
+             Task("write", params, 1, "two blue squares and a green triangle", max_new_tokens=model.max_len,
+                  image_params=drawing),
+             Task("write", params, 2, "a circle", max_new_tokens=40, image_params=drawing)]
+    with opens_images(model, bias=5.0):
         together = run_group(model, tasks)
-        alone = [model.write([t.text], params, t.seed, t.max_new_tokens)[0] for t in tasks]
+        alone = [model.write([t.text], params, t.seed, t.max_new_tokens, drawing)[0] for t in tasks]
     for a, b in zip(together, alone):
         assert_same_parts(a, b)
-    assert len(together[2]) == 2  # the prompt and the one image its budget holds
+    stretches = [[len(p) if isinstance(p, str) else 0 for p in parts] for parts in together]
+    assert sum(0 in s for s in stretches) >= 2 and len({tuple(s) for s in stretches}) == 3, stretches
 
 
 def test_ugen_text_images_writes_markdown_with_the_pngs_beside_it(model, tiny_model_dir, tmp_path, capsys, monkeypatch):
@@ -83,6 +88,7 @@ def test_ugen_text_images_writes_markdown_with_the_pngs_beside_it(model, tiny_mo
                                 "--images", "--out", str(out), "--seed", "3", "--upscale", "2")
         parts = model.write(["a red circle"], WRITE_DEFAULTS, 3)[0]
     assert result.returncode == 0, result.stderr
+    assert "trained without interleaved rows" in result.stderr  # the tiny model's mixture has none
     pngs = [tmp_path / f"story-{i}.png" for i in range(1, len(parts))]
     assert result.stdout.split() == [str(out), *map(str, pngs)]
     lines = out.read_text().strip().split("\n\n")

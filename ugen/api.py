@@ -32,8 +32,8 @@ ImageLike = Union[str, os.PathLike, PIL.Image.Image, np.ndarray]
 # sit and cooler sampling leaves images blank; moderate guidance.
 GENERATE_DEFAULTS = SamplingParams(temperature=1.15, top_k=0, top_p=1.0, cfg=2.0)
 GREEDY = SamplingParams(temperature=0.0)
-# Text with images inside it (`UGen.write`): images drawn without guidance (the unconditional branch
-# would need the text so far removed at every <boi>), so they are sampled at 1.0.
+# The text of a text with images inside it (`UGen.write`; its images are drawn as `generate` draws):
+# sampled, so that the model writes scenes of its own after the prompt's.
 WRITE_DEFAULTS = SamplingParams(temperature=1.0)
 ROWS_PER_CALL = 128  # sequences decoded together; bounds memory on long prompt lists
 
@@ -193,6 +193,12 @@ class UGen:
         images = iter(self.decode_codes(np.stack(drawn)) if drawn else [])
         return [p if isinstance(p, str) else PIL.Image.fromarray(next(images)) for p in parts]
 
+    @property
+    def trained_interleaved(self) -> bool:
+        """Whether interleaved rows were in this model's training mixture (else it seldom opens an
+        image inside text)."""
+        return self.meta.get("pretrain", {}).get("mix", {}).get("interleaved", 0) > 0
+
     def write_prompt(self, prompt: str) -> list[int]:
         """The row `write` continues; a prompt that leaves no room to write is a UserError."""
         ids = [self.vocab.bos, *self.vocab.from_text(self.text_ids(prompt, "prompt"))]
@@ -200,17 +206,51 @@ class UGen:
             raise UserError(f"the prompt is too long: {len(ids)} tokens, the model takes {self.max_len}")
         return ids
 
+    def draw_interleaved(self, prompts: list[list[int]], budgets: Sequence[int], params: SamplingParams,
+                         image_params: SamplingParams,
+                         generator: torch.Generator | Sequence[torch.Generator]) -> list[list[int]]:
+        """The new ids of each prompt (`write_prompt`), at most `budgets[i]` of them: text (with
+        `params`) until the model opens an image or ends, then the image drawn with guidance
+        (`image_params`; its cfg against the unconditional generation prompt, so the image follows
+        the text before it as `generate` follows a caption), then text again, and so on.
+
+        One engine call per stretch of text or image for all rows still writing; with one generator
+        per prompt, each row draws what it would draw alone."""
+        rows, new = [list(p) for p in prompts], [[] for _ in prompts]
+        generators = generator if not isinstance(generator, torch.Generator) else None
+        writing = [i for i, b in enumerate(budgets) if b > 0]
+        while writing:
+            gens = generator if generators is None else [generators[i] for i in writing]
+            drawn = self.run([rows[i] + new[i] for i in writing], params, gens, allow_images=True,
+                             stop_ids=(self.vocab.eos, self.vocab.boi),
+                             max_new_tokens=max(budgets[i] - len(new[i]) for i in writing))
+            opened = []
+            for i, ids in zip(writing, drawn):
+                new[i] += ids[: budgets[i] - len(new[i])]
+                if new[i][-1:] == [self.vocab.boi] and len(new[i]) < budgets[i]:
+                    opened.append(i)
+            if not opened:
+                break
+            gens = generator if generators is None else [generators[i] for i in opened]
+            uncond = [t2i_prompt(self.vocab, None)] * len(opened)
+            drawn = self.run([rows[i] + new[i] for i in opened], image_params, gens, uncond_prompts=uncond,
+                             max_new_tokens=self.image_len + 1, stop_ids=(self.vocab.eoi,))
+            for i, ids in zip(opened, drawn):
+                new[i] += ids[: budgets[i] - len(new[i])]
+            writing = [i for i in opened if len(new[i]) < budgets[i]]
+        return new
+
     def write(self, prompts: Sequence[str], params: SamplingParams = WRITE_DEFAULTS, seed: int = 0,
-              max_new_tokens: int | None = None) -> list[list[str | PIL.Image.Image]]:
+              max_new_tokens: int | None = None,
+              image_params: SamplingParams = GENERATE_DEFAULTS) -> list[list[str | PIL.Image.Image]]:
         """Continue each text prompt and let the model draw images inside the text wherever it opens
         one (interleaved rows in its training mixture teach it to): for each, the prompt and its
-        continuation as text and image parts in order. Up to `max_new_tokens` new tokens, and no
+        continuation as text and image parts in order. Text is sampled with `params`, images with
+        `image_params` (guided, see `draw_interleaved`). Up to `max_new_tokens` new tokens, and no
         further than the model's trained length (the default)."""
         rows = [self.write_prompt(p) for p in prompts]
-        longest = max(len(r) for r in rows)
-        room = self.max_len - longest
-        new = self.run(rows, params, self.generator(seed), max_new_tokens=min(max_new_tokens or room, room),
-                       allow_images=True)
+        budgets = [min(max_new_tokens or self.max_len, self.max_len - len(r)) for r in rows]
+        new = self.draw_interleaved(rows, budgets, params, image_params, self.generator(seed))
         return [self.parts(r + n) for r, n in zip(rows, new)]
 
     def complete(self, prompt: str, params: SamplingParams = GREEDY, seed: int = 0, max_new_tokens: int = 64) -> str:

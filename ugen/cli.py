@@ -15,6 +15,7 @@ model) is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ugen.api import GENERATE_DEFAULTS, GREEDY, WRITE_DEFAULTS, load, read_image, save_parts
@@ -68,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-new-tokens", type=int, default=None,
                      help="longest continuation (default: 64; with --images, the rest of the model's length)")
     sub.add_argument("--images", dest="with_images", action="store_true",
-                     help="let the model draw images inside the text (sampled at temperature 1 unless told): "
-                          "writes --out as Markdown with the PNGs beside it")
+                     help="let the model draw images inside the text (the text sampled at temperature 1 unless "
+                          "told): writes --out as Markdown with the PNGs beside it")
     sub.add_argument("--out", default=None, help="with --images: the Markdown file to write (FILE.md)")
     sub.add_argument("--upscale", type=int, default=1, help="with --images: enlarge the PNGs by this factor")
+    sub.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg,
+                     help="with --images: their guidance scale (they are drawn as `generate` draws)")
     sub.set_defaults(temperature=None)  # 0 (greedy), or 1 with --images
 
     sub = commands.add_parser("serve", help="serve the model over HTTP: a JSON API and a web page",
@@ -154,7 +157,11 @@ def main(argv: list[str] | None = None) -> None:
             image.save(path)
             print(path)
     elif args.with_images:
-        parts = model.write([args.prompt], _params(args), args.seed, args.max_new_tokens)[0]
+        if not model.trained_interleaved:
+            print(f"ugen: {args.model} was trained without interleaved rows (--mix ...,interleaved=W): "
+                  "it seldom draws images inside text", file=sys.stderr)
+        image_params = SamplingParams(GENERATE_DEFAULTS.temperature, GENERATE_DEFAULTS.top_k, GENERATE_DEFAULTS.top_p, args.cfg)
+        parts = model.write([args.prompt], _params(args), args.seed, args.max_new_tokens, image_params)[0]
         for path in save_parts(parts, args.out, args.upscale):
             print(path)
     else:

@@ -249,7 +249,8 @@ class Engine:
         to <eos>; image generation stops at <eoi>. `allow_images` lets text be followed by <boi>.
         `generator` is one for all rows, or one per prompt: each run of consecutive prompts with the
         same generator draws its noise from it as one block, exactly as a call with those prompts
-        alone would, so that requests batched together (`ugen serve`) keep their own seeds.
+        alone would (and no more once they are all done, where the call is not one of image rows
+        of a known length), so that requests batched together (`ugen serve`) keep their own seeds.
         """
         v, n = self.vocab, len(prompts)
         stop_ids = stop_ids or (v.eos,)
@@ -294,6 +295,7 @@ class Engine:
         temperature = torch.tensor(params.temperature or 1.0, device=self.device)
         noise = torch.ones((n_rows, v.size), device=self.device) if params.temperature > 0 else None
         noise_blocks = _noise_blocks(generator, n)
+        block_done: dict[int, bool] = {}  # by a block's first row
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         stops = torch.tensor(stop_ids, device=self.device)
         text_allowed = self.allowed_text_or_image if allow_images else self.allowed_text
@@ -323,7 +325,8 @@ class Engine:
                 next_tokens, mask = self._next_tokens, seen[:, : length + step]
             if noise is not None:  # the conditional rows' draw; the rest stay 1
                 for start, stop, rows_generator in noise_blocks:
-                    noise[start:stop].exponential_(generator=rows_generator)
+                    if not block_done.get(start, False):
+                        noise[start:stop].exponential_(generator=rows_generator)
             token = next_tokens(step_ids, step_pos, mask, kv, slots, partner, cfg, temperature, noise, in_image,
                                 n_codes, text_allowed, params.top_k, params.top_p)[:n]  # (B,)
             token = torch.where(done, torch.full_like(token, v.pad), token)
@@ -332,6 +335,12 @@ class Engine:
             done = done | torch.isin(token, stops)
             if steps == n_steps or (ask_done and bool(done.all())):
                 break
+            if ask_done and len(noise_blocks) > 1:
+                # A block whose rows are all done draws no more noise, as a call of its rows alone
+                # would have stopped: its generator is left where that call leaves it, for the
+                # next call (`UGen.draw_interleaved` continues a row over several calls).
+                finished = done.tolist()
+                block_done = {start: all(finished[start:stop]) for start, stop, _ in noise_blocks}
 
             new = token[source]  # (R,)
             in_image, n_codes = (in_image | (new == v.boi)) & (new != v.eoi), torch.where(

@@ -66,6 +66,7 @@ class GenerateBody(BaseModel):
 class TextBody(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     images: bool = Field(False, description="let the model draw images inside the text: answers `parts`")
+    cfg: float = Field(GENERATE_DEFAULTS.cfg, ge=0, le=20, description="with images: their guidance scale")
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS,
                                        description="default 64; with images, the rest of the model's length")
     temperature: float | None = Field(None, **{**TEMPERATURE, "description": "default 0 (greedy); with images, 1"})
@@ -166,7 +167,8 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
     async def health() -> dict:
         return {
             "status": "ok", "model": str(model.directory), "device": str(model.device),
-            "image_size": model.image_size, "waiting": len(batcher.waiting), "engine_calls": batcher.calls,
+            "image_size": model.image_size, "writes_images_in_text": model.trained_interleaved,
+            "waiting": len(batcher.waiting), "engine_calls": batcher.calls,
             "limits": {"max_images": MAX_IMAGES, "max_new_tokens": MAX_NEW_TOKENS, "max_upload_bytes": MAX_UPLOAD_BYTES,
                        "max_rows": batcher.max_rows, "max_queue": batcher.max_queue, "timeout_s": timeout_s},
             "generate_defaults": {"cfg": GENERATE_DEFAULTS.cfg, "temperature": GENERATE_DEFAULTS.temperature},
@@ -215,7 +217,9 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
         params = sampling(temperature, body.top_k, body.top_p)
         if body.images:
             model.write_prompt(body.prompt)  # a prompt with no room left is refused here, not in the batch
-            task = Task("write", params, body.seed, body.prompt, max_new_tokens=body.max_new_tokens or model.max_len)
+            task = Task("write", params, body.seed, body.prompt, max_new_tokens=body.max_new_tokens or model.max_len,
+                        image_params=sampling(GENERATE_DEFAULTS.temperature, GENERATE_DEFAULTS.top_k, GENERATE_DEFAULTS.top_p,
+                                              body.cfg))
         else:
             check_length(body.prompt, "prompt", body.max_new_tokens or 64)
             task = Task("text", params, body.seed, body.prompt, max_new_tokens=body.max_new_tokens or 64)

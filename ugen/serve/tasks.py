@@ -42,6 +42,7 @@ class Task:
     image: np.ndarray | None = None  # (S, S, 3) uint8 at the model's size (caption, ask)
     num: int = 1  # images to draw (generate)
     max_new_tokens: int = CAPTION_TOKENS  # text only
+    image_params: SamplingParams | None = None  # write: how its images are drawn
 
     @property
     def rows(self) -> int:
@@ -51,7 +52,7 @@ class Task:
     @property
     def group(self) -> tuple:
         """Tasks with equal groups can run in one engine call."""
-        return ({"generate": "image", "write": "write"}.get(self.kind, "text"), self.params)
+        return ({"generate": "image", "write": "write"}.get(self.kind, "text"), self.params, self.image_params)
 
 
 def run_group(model: UGen, tasks: list[Task]) -> list[Result]:
@@ -92,15 +93,13 @@ def _write(model: UGen, tasks: list[Task]) -> list[Result]:
     generators = [model.generator(t.seed) for t in tasks]
     # A row's first m tokens do not depend on how many more are drawn after them: the longest
     # length for all, then each row cut to its own, is what each alone would give.
-    writing = tasks[0].kind == "write"
-    # as `UGen.write`, a text with images stops at the model's length
-    budgets = [min(t.max_new_tokens, model.max_len - len(p)) if writing else t.max_new_tokens for t, p in zip(tasks, prompts)]
-    rows = model.run(prompts, tasks[0].params, generators, max_new_tokens=max(budgets), allow_images=writing)
+    if tasks[0].kind == "write":  # as `UGen.write`: no further than the model's length
+        budgets = [min(t.max_new_tokens, model.max_len - len(p)) for t, p in zip(tasks, prompts)]
+        rows = model.draw_interleaved(prompts, budgets, tasks[0].params, tasks[0].image_params, generators)
+        return [model.parts(p + r) for p, r in zip(prompts, rows)]
+    rows = model.run(prompts, tasks[0].params, generators, max_new_tokens=max(t.max_new_tokens for t in tasks))
     out = []
-    for task, prompt, row, budget in zip(tasks, prompts, rows, budgets):
-        row = row[:budget]
-        if writing:
-            out.append(model.parts(prompt + row))
-        else:
-            out.append(model.decode_text(prompt + row if task.kind == "text" else row))
+    for task, prompt, row in zip(tasks, prompts, rows):
+        row = row[: task.max_new_tokens]
+        out.append(model.decode_text(prompt + row if task.kind == "text" else row))
     return out
