@@ -68,6 +68,9 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_model_dir, images, tmp_path,
         ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--images", "--out", str(tmp_path / "x.png")),
         ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--images", "--out", str(tmp_path / "no" / "x.md")),
         ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle", "--max-new-tokens", "0"),
+        ("serve", "--model", str(tiny_model_dir), "--port", "0"),
+        ("serve", "--model", str(tiny_model_dir), "--max-rows", "0"),
+        ("serve", "--model", str(tmp_path)),  # not a model
         ("text", "--model", str(tiny_model_dir), "--prompt", "a red circle " * 100, "--images", "--out", str(tmp_path / "x.md")),
     ]
     for args in cases:

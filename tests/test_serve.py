@@ -7,6 +7,9 @@ import asyncio
 import base64
 import io
 import random
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,9 +54,31 @@ def decode_png(data: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(model):
-    """A server whose batches wait 300 ms for company, so that requests sent together share one."""
-    with live_server(create_app(model, window_ms=300)) as url:
+    """A server whose batches wait 100 ms for company, so that requests sent together share one."""
+    with live_server(create_app(model, window_ms=100)) as url:
         yield url
+
+
+def test_ugen_serve_starts_a_server_from_the_command_line(tiny_model_dir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "ugen.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() else "no answer"
+                time.sleep(0.2)
+        assert health["status"] == "ok" and health["model"] == str(tiny_model_dir)
+        assert httpx.get(f"http://127.0.0.1:{port}/").text.startswith("<!doctype html>")
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def test_endpoints_answer_what_the_python_api_gives(server, model, pictures):

@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> None:
             image.save(path)
             print(path)
     elif args.with_images:
+        image_params = SamplingParams(GENERATE_DEFAULTS.temperature, GENERATE_DEFAULTS.top_k, GENERATE_DEFAULTS.top_p, args.cfg)
+        parts = model.write([args.prompt], _params(args), args.seed, args.max_new_tokens, image_params)[0]
         if not model.trained_interleaved:
             print(f"ugen: {args.model} was trained without interleaved rows (--mix ...,interleaved=W): "
                   "it seldom draws images inside text", file=sys.stderr)
-        image_params = SamplingParams(GENERATE_DEFAULTS.temperature, GENERATE_DEFAULTS.top_k, GENERATE_DEFAULTS.top_p, args.cfg)
-        parts = model.write([args.prompt], _params(args), args.seed, args.max_new_tokens, image_params)[0]
         for path in save_parts(parts, args.out, args.upscale):
             print(path)
     else:
