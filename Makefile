@@ -92,8 +92,6 @@ bench: $(RUN)/vq/vq.safetensors $(RUN)/text/text.model
 	if $(PYTHON) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(PYTHON) benchmarks/sampler.py --preset base --grid 24 --codes 16384 --prompts 8 --device cuda; fi
 
-# Two workers at one thread each: most tests are short runs that keep one core busy, so on 2 cores
-# this took 6 min 57 s against 9 min 41 s for one worker with two threads.
 # `ugen serve` on the model: the JSON API and the web page at http://127.0.0.1:$(PORT)/
 PORT ?= 8000
 serve: | .venv/installed
@@ -104,6 +102,8 @@ serve: | .venv/installed
 chromium:
 	apt-get install -y -qq chromium chromium-driver || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
+# Two workers at one thread each: most tests are short runs that keep one core busy, so on 2 cores
+# this took 6 min 57 s against 9 min 41 s for one worker with two threads.
 test: .venv/installed
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 $(ARGS)
 

@@ -90,7 +90,6 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
     """The app for a model (a loaded `UGen` or its directory, loaded here once)."""
     model = model if isinstance(model, UGen) else load(model, device)
     batcher = Batcher(lambda tasks: run_group(model, tasks), max_rows, window_ms / 1000, max_queue)
-    max_length = model.model.config.max_position_embeddings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -127,8 +126,8 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
     def check_length(text: str, what: str, new_tokens: int) -> None:
         """A prompt that, with what is drawn after it, would run past the model's positions."""
         tokens = len(model.text_ids(text, what)) + new_tokens + 8  # the markers around it
-        if tokens > max_length:
-            raise UserError(f"the {what} is too long: {tokens} tokens with the answer, the model takes {max_length}")
+        if tokens > model.max_len:
+            raise UserError(f"the {what} is too long: {tokens} tokens with the answer, the model takes {model.max_len}")
 
     async def serve(task: Task, started: float) -> tuple:
         """The task's result and what the answer says about its time and batch."""
