@@ -74,7 +74,7 @@ def test_held_out_probe_is_deterministic(tiny_model_dir):
     """The probe's change between steps must be the model's, not the draw's: same model, same score."""
     policy = ugen.load(tiny_model_dir, "cpu")
     examples = shapes.make_examples("validation", 6, seed=0, image_size=policy.image_tokenizer.config.image_size)
-    codes = policy._codes([e.image for e in examples])
+    codes = policy.image_codes([e.image for e in examples])
     reward = build_reward("object_f1=0.5,ssim=0.5", policy.image_tokenizer, None, "cpu")
     first, second = (probe(policy, examples, codes, reward)["probe/reconstruction"] for _ in range(2))
     assert first == second and 0.0 <= first <= 1.0
