@@ -15,6 +15,7 @@ model) is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             image.save(path)
             print(path)
     elif args.with_images:
-        image_params = SamplingParams(GENERATE_DEFAULTS.temperature, GENERATE_DEFAULTS.top_k, GENERATE_DEFAULTS.top_p, args.cfg)
+        image_params = dataclasses.replace(GENERATE_DEFAULTS, cfg=args.cfg)
         parts = model.write([args.prompt], _params(args), args.seed, args.max_new_tokens, image_params)[0]
         if not model.trained_interleaved:
             print(f"ugen: {args.model} was trained without interleaved rows (--mix ...,interleaved=W): "

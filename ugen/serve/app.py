@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import os
 import time
@@ -217,8 +218,7 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
         if body.images:
             model.write_prompt(body.prompt)  # a prompt with no room left is refused here, not in the batch
             task = Task("write", params, body.seed, body.prompt, max_new_tokens=body.max_new_tokens or model.max_len,
-                        image_params=sampling(GENERATE_DEFAULTS.temperature, GENERATE_DEFAULTS.top_k, GENERATE_DEFAULTS.top_p,
-                                              body.cfg))
+                        image_params=dataclasses.replace(GENERATE_DEFAULTS, cfg=body.cfg))
         else:
             check_length(body.prompt, "prompt", body.max_new_tokens or 64)
             task = Task("text", params, body.seed, body.prompt, max_new_tokens=body.max_new_tokens or 64)
