@@ -15,8 +15,10 @@ from transformers import AutoModelForCausalLM
 
 import ugen
 from ugen.errors import UserError
+from ugen.model import build_model, init_image_rows_from_pixels
 from ugen.sampling import SamplingParams
 from ugen.shapes import make_examples
+from ugen.vocab import Vocab
 
 
 def llama_logits(directory, ids: torch.Tensor) -> torch.Tensor:
@@ -135,3 +137,27 @@ def test_load_draws_only_the_image_ids_its_training_switched_on(tiny_model_dir, 
     with pytest.raises(UserError, match="no active image ids"):
         text_only.generate("a red circle")
     assert isinstance(text_only.complete("there are two objects"), str)
+
+
+def test_image_rows_start_from_what_the_codes_look_like():
+    vocab = Vocab(num_text=40, num_image=64)
+    model = build_model("tiny", vocab, 64, torch.device("cpu"))
+    before = {n: layer.weight.clone() for n, layer in (("in", model.get_input_embeddings()), ("out", model.get_output_embeddings()))}
+    torch.manual_seed(0)
+    patches = torch.rand(64, 4) @ torch.rand(4, 48)  # a few factors, as color and coverage are in real patches
+    patches[1] = patches[0]  # two codes that look the same
+    patches[2] = (patches[3] + patches[4]) / 2  # one halfway between two others
+    init_image_rows_from_pixels(model, vocab, patches, seed=0)
+    codes = torch.tensor(vocab.from_codes(range(64)))
+    pixel_distance = torch.pdist(patches)
+    for name, layer in (("in", model.get_input_embeddings()), ("out", model.get_output_embeddings())):
+        rows = layer.weight[codes].detach()
+        assert torch.equal(rows[1], rows[0])
+        assert torch.allclose(rows[2], (rows[3] + rows[4]) / 2, atol=1e-6)  # a linear map of the pixels
+        # Codes that look alike start alike: row distances follow pixel distances (a random init's do not).
+        assert torch.corrcoef(torch.stack([torch.pdist(rows), pixel_distance]))[0, 1] > 0.9
+        assert torch.corrcoef(torch.stack([torch.pdist(before[name][codes]), pixel_distance]))[0, 1] < 0.3
+        assert rows.std() == pytest.approx(before[name].std().item(), rel=0.2)  # the layer's own init scale
+        others = torch.ones(vocab.size, dtype=torch.bool)
+        others[codes] = False
+        assert torch.equal(layer.weight[others], before[name][others])  # text rows and specials as built

@@ -85,6 +85,18 @@ def test_cell_encoder_sees_only_its_own_cell():
     assert moved("wide") >= {(r, c) for r in (1, 2, 3) for c in (2, 3, 4)}
 
 
+@pytest.mark.parametrize("name", QUANTIZERS)
+def test_code_patches_are_each_code_decoded_alone(name):
+    # A second path: the public decode of a whole grid filled with one code; its centre cell is the
+    # code's patch (the grid is 6 codes wide, under the 7-code block code_patches decodes).
+    model = _tokenizer(name)
+    patches = model.code_patches(chunk=7)  # chunks that do not divide the codebook
+    assert patches.shape == (model.num_codes, 3 * 8 * 8)
+    for code in (0, 5, model.num_codes - 1):
+        image = model.decode(torch.full((1, 36), code))[0]  # (3, 48, 48)
+        assert torch.allclose(patches[code], image[:, 24:32, 24:32].flatten(), atol=1e-6)
+
+
 def test_num_codes():
     assert ImageTokenizer(VQConfig()).num_codes == 1000
     assert ImageTokenizer(VQConfig(quantizer="vq", codebook_size=300)).num_codes == 300

@@ -46,6 +46,7 @@ from ugen.model import (
     build_model,
     extend_pretrained_lm,
     flops_per_token,
+    init_image_rows_from_pixels,
     is_model_dir,
     lm_vocab,
     masked_loss,
@@ -97,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--max-len", type=int, default=None,
                        help=f"longest row in tokens, texts clipped to fit, and the length rows are packed into "
                             f"(default: the image's codes + {TEXT_ROOM}, 128 for Shapes' 6x6 codes)")
+    model.add_argument("--image-init", choices=["pixels", "random"], default="pixels",
+                       help="a --preset model's image-code rows (embedding and output): a random projection of "
+                            "what each code decodes to, so codes that look alike start alike (pixels), or plain "
+                            "random; a pretrained LM's new rows start at the mean of its own either way")
 
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=1200, help="optimizer steps")
@@ -221,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     sequences, per_process, micro = batch_shape(args, dist.world)  # before the data, which may take long to encode
     _, train_rows = split_codes(args, "train", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     _, val_rows = split_codes(args, "validation", image_tokenizer, run / "cache", text, max_text, log=dist.main)
+    pixel_init = args.image_init == "pixels" and not args.init_from
+    code_patches = image_tokenizer.code_patches() if pixel_init else None  # (num_image, P)
     del image_tokenizer  # the transformer trains on codes only
     sampler = RowSampler(train_rows, vocab, args.mix, args.caption_dropout, args.max_len)
     if args.text_only_steps and not any(sampler.weights[TASKS.index(t)] > 0 for t in TEXT_TASKS):
@@ -241,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         model = extend_pretrained_lm(args.init_from, vocab, device)
     else:
         model = build_model(args.preset, vocab, args.max_len, device)
+        if pixel_init:
+            init_image_rows_from_pixels(model, vocab, code_patches, args.seed)
     wrapped = dist.wrap(model, fsdp=args.fsdp)  # FSDP shards the parameters in place: the optimizer comes after
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))

@@ -116,6 +116,29 @@ def build_model(preset: str, vocab: Vocab, max_len: int, device: torch.device) -
     return LlamaForCausalLM(config).to(device)
 
 
+@torch.no_grad()
+def init_image_rows_from_pixels(model: PreTrainedModel, vocab: Vocab, patches: torch.Tensor, seed: int) -> None:
+    """Start each image code's embedding and output rows from what the code looks like.
+
+    A fresh model's image rows are independent random vectors, so the transformer must first
+    learn from data alone which of its 1000 arbitrary code ids look alike; on the tiny CPU budget
+    it never finishes (shapes drawn and captioned are its weakest skills). Here each row is a
+    fixed random projection of the code's decoded pixels (`ImageTokenizer.code_patches`,
+    standardised), scaled to the layer's own init std: codes that look alike start with alike
+    rows, and training moves them from there. Random projections keep distances (Johnson-
+    Lindenstrauss), so nothing about the pixels is favoured but their similarity. Text rows and
+    specials are left as built. `patches`: (num_image, P)."""
+    centred = patches - patches.mean(0)  # (num_image, P)
+    pixels = centred / centred.std().clamp_min(1e-6)  # unit variance: rows come out at the layer's scale
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.tensor(vocab.from_codes(range(vocab.num_image)))
+    for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+        weight = layer.weight  # (V, d)
+        projection = torch.randn(pixels.shape[1], weight.shape[1], generator=generator) / pixels.shape[1] ** 0.5
+        rows = pixels @ (projection * weight.std().item())  # (num_image, d)
+        weight[ids.to(weight.device)] = rows.to(weight)
+
+
 def lm_config(directory: str | Path) -> PretrainedConfig:
     """The config of the pretrained causal LM in `directory` (what `--init-from` names)."""
     path = Path(directory)

@@ -223,6 +223,27 @@ class ImageTokenizer(nn.Module):
             quantized = self.quantizer.get_output_from_indices(indices)  # (B, D, g, g)
         return self._decode_latent(quantized)
 
+    @torch.no_grad()
+    def code_patches(self, chunk: int = 200) -> torch.Tensor:
+        """(num_codes, 3 * cell * cell): what each code looks like, decoded alone.
+
+        Each code fills a block of codes (the whole grid, at most 7 x 7: the decoder's 3x3
+        convolutions at the code grid reach about 3 codes) and the block's centre cell is kept, so
+        the decoder's zero padding barely touches it. Pixels in [-1, 1], channels first."""
+        side, cell = min(self.grid, 7), self.config.downsample
+        start = (side // 2) * cell
+        patches = []
+        for first in range(0, self.num_codes, chunk):
+            indices = torch.arange(first, min(first + chunk, self.num_codes), device=self.device)
+            indices = indices[:, None, None].expand(-1, side, side)  # (n, side, side)
+            if self.config.quantizer == "fsq":
+                quantized = self.quantizer.indices_to_codes(indices)  # (n, D, side, side)
+            else:
+                quantized = self.quantizer.get_output_from_indices(indices)  # (n, D, side, side)
+            images = self._decode_latent(quantized)  # (n, 3, side * cell, side * cell)
+            patches.append(images[:, :, start:start + cell, start:start + cell].flatten(1).cpu())
+        return torch.cat(patches)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
