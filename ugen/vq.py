@@ -216,12 +216,13 @@ class ImageTokenizer(nn.Module):
             raise ValueError(f"expected codes of shape (B, {self.grid * self.grid}), got {tuple(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_codes):
             raise ValueError(f"codes must be in [0, {self.num_codes})")
-        indices = codes.long().view(-1, self.grid, self.grid)  # (B, g, g)
+        return self._decode_latent(self._latent_of(codes.long().view(-1, self.grid, self.grid)))
+
+    def _latent_of(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) code indices -> (B, D, h, w) quantized latent."""
         if self.config.quantizer == "fsq":
-            quantized = self.quantizer.indices_to_codes(indices)  # (B, D, g, g)
-        else:
-            quantized = self.quantizer.get_output_from_indices(indices)  # (B, D, g, g)
-        return self._decode_latent(quantized)
+            return self.quantizer.indices_to_codes(indices)
+        return self.quantizer.get_output_from_indices(indices)
 
     @torch.no_grad()
     def code_patches(self, chunk: int = 200) -> torch.Tensor:
@@ -235,12 +236,7 @@ class ImageTokenizer(nn.Module):
         patches = []
         for first in range(0, self.num_codes, chunk):
             indices = torch.arange(first, min(first + chunk, self.num_codes), device=self.device)
-            indices = indices[:, None, None].expand(-1, side, side)  # (n, side, side)
-            if self.config.quantizer == "fsq":
-                quantized = self.quantizer.indices_to_codes(indices)  # (n, D, side, side)
-            else:
-                quantized = self.quantizer.get_output_from_indices(indices)  # (n, D, side, side)
-            images = self._decode_latent(quantized)  # (n, 3, side * cell, side * cell)
+            images = self._decode_latent(self._latent_of(indices[:, None, None].expand(-1, side, side)))  # (n, 3, side*cell, side*cell)
             patches.append(images[:, :, start:start + cell, start:start + cell].flatten(1).cpu())
         return torch.cat(patches)
 
