@@ -224,7 +224,7 @@ def test_rl_eval_and_the_cli_work_on_it(trained, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip(), result.stderr  # an untrained caption may hold a newline
     run_script("eval/evaluate.py", "--model", str(out), "--num-test", "20", "--images-per-prompt", "1",
-               "--num-reconstruct", "8", "--out", str(tmp_path / "eval"))
+               "--prompts-per-task", "2", "--num-reconstruct", "8", "--out", str(tmp_path / "eval"))
     assert "summary" in json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
 
 
