@@ -110,6 +110,11 @@ def text_before(model_dir: Path, seeds: list[int], num_test: int) -> dict[str, f
     return {"text": [r["qa"]["score"] for r in runs], "bits_per_byte": runs[0]["bits_per_byte"]["score"]}
 
 
+def spread(mean: float, std: float, n: int) -> str:
+    """A cell of the tables: mean ± std over n seeds, the mean alone from one seed (no spread to show)."""
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+
+
 def table(scores: dict[str, list[dict[str, float]]]) -> tuple[str, dict]:
     """Markdown table and its numbers for one start: mean ± std per arm and each progressive arm's
     relative change against vanilla."""
@@ -119,7 +124,9 @@ def table(scores: dict[str, list[dict[str, float]]]) -> tuple[str, dict]:
             for a in stats if a != "vanilla"}
     lines = ["| arm | " + " | ".join(COLUMNS.values()) + " |", "| --- |" + " --- |" * len(COLUMNS)]
     for a in stats:
-        lines.append(f"| {a} ({len(scores[a])} seeds) | " + " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in stats[a].values()) + " |")
+        n = len(scores[a])
+        cells = [spread(m, sd, n) for m, sd in stats[a].values()]
+        lines.append(f"| {a} ({n} seed{'s' if n > 1 else ''}) | " + " | ".join(cells) + " |")
     for a, g in gain.items():
         lines.append(f"| {a} vs vanilla | " + " | ".join(f"{g[c]:+.1f}%" for c in COLUMNS) + " |")
     return "\n".join(lines), {"mean_std": stats, "relative_to_vanilla_percent": gain}
@@ -139,8 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once, the CPU threads split between them (2 on a 2-core CPU is ~1.4x faster)")
     args = parser.parse_args(argv)
-    if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
-        raise UserError(f"--seeds {args.seeds}: at least two distinct seeds are needed for a std")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds {args.seeds}: each seed once")
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, not {args.jobs}")
     eval_flags = shlex.split(args.eval_args)
@@ -180,11 +187,11 @@ def main(argv: list[str] | None = None) -> None:
         if start == "text-lm":
             before = text_before(root / "text-lm" / "model", args.seeds, num_test)
             saved[start]["text_lm_before"] = before
+            n = len(args.seeds)
             after = {arm: mean_std(r["text"] for r in scores[arm]) for arm in ARMS}
             markdown += (f"\n\nText before images joined (the text LM, QA from the passage alone): "
-                         f"{mean_std(before['text'])[0]:.3f} ± {mean_std(before['text'])[1]:.3f}, "
-                         f"{before['bits_per_byte']:.3f} bits per byte; after: "
-                         + ", ".join(f"{arm} {m:.3f} ± {sd:.3f}" for arm, (m, sd) in after.items()))
+                         f"{spread(*mean_std(before['text']), n)}, {before['bits_per_byte']:.3f} bits per byte; after: "
+                         + ", ".join(f"{arm} {spread(m, sd, n)}" for arm, (m, sd) in after.items()))
         sections.append(f"## {heading}\n\n{markdown}\n")
         print(f"{heading}\n{markdown}\n")
     write_json(root / "ablation.json", saved)
