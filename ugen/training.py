@@ -430,7 +430,8 @@ def resume(directory: Path, wanted: bool, model: torch.nn.Module, optimizer, sch
     differ += [f"{key} (differs)" for key, value in expected.items()
                if key != "config" and state.get(key) != json.loads(json.dumps(value))]
     if differ:
-        raise UserError(f"--resume: {path} was made with other settings than these flags: {'; '.join(differ)}")
+        raise UserError(f"--resume: {path} was made with other settings than these flags: {'; '.join(differ)} "
+                        "(give the flags it was made with, or --overwrite to start over)")
     load_checkpoint(path, model, optimizer, scheduler)
     if log:
         print(f"resuming from {path} at step {state['step']}", file=sys.stderr)
