@@ -26,6 +26,7 @@ def test_table_means_stds_and_relative_change_against_vanilla():
     assert "| vanilla (1 seed) | 0.400 | 0.400 | 0.400 | 0.400 |" in single and "±" not in single  # one seed: no spread
 
 
+@pytest.mark.slow
 def test_ablation_from_a_text_lm_runs_end_to_end_and_skips_finished_runs(tiny_run, tmp_path):
     root = tmp_path / "ablation"
     root.mkdir()
