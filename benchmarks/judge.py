@@ -1,5 +1,5 @@
 """The Shapes judge on validation scenes: how often it reads objects right, and the measures its
-thresholds cut (`ugen.shapes._is_object`, `_measure`), so that each threshold is chosen on data
+thresholds cut (`ugen.shapes.judge`: `_is_object`, `_measure`), so that each threshold is chosen on data
 that is neither trained on nor tested.
 
     python benchmarks/judge.py --vq runs/default/vq      # with VQ reconstructions
@@ -26,14 +26,15 @@ import numpy as np
 import torch
 
 from ugen import shapes as S
+from ugen.shapes import judge as J  # the thresholds under test are the judge's own private constants
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 from pil_shapes import draw_single_shapes  # noqa: E402  (eval/ holds scripts, not a package)
 from speed import report  # noqa: E402  (benchmarks/ is the script's directory, first on sys.path)
 
 THRESHOLDS = {  # measure: (threshold, which side an object lies on)
-    "palette_distance": (S._MAX_PALETTE_DIST, "<="), "spread": (S._MAX_COLOR_SPREAD, "<="),
-    "overlap": (S._MIN_TEMPLATE_IOU, ">="),
+    "palette_distance": (J._MAX_PALETTE_DIST, "<="), "spread": (J._MAX_COLOR_SPREAD, "<="),
+    "overlap": (J._MIN_TEMPLATE_IOU, ">="),
 }
 
 
@@ -107,8 +108,8 @@ def main() -> None:
                 for name, (t, side) in THRESHOLDS.items()}
     for shape in S.SHAPES:  # the shape measures, by the true shape of the blob
         of_shape = [m for _, m, truth in true_blobs if truth == shape]
-        measures[f"skew_{shape}"] = {"threshold": S._TRIANGLE_SKEW, "all": percentiles(of_shape, "skew")}
-        measures[f"corners_{shape}"] = {"threshold": S._SQUARE_CORNERS, "all": percentiles(of_shape, "corners")}
+        measures[f"skew_{shape}"] = {"threshold": J._TRIANGLE_SKEW, "all": percentiles(of_shape, "skew")}
+        measures[f"corners_{shape}"] = {"threshold": J._SQUARE_CORNERS, "all": percentiles(of_shape, "corners")}
     result = {"benchmark": "judge", "scenes": args.scenes, "vq": args.vq, "objects_read_right": accuracy,
               "measures_p1_p99": measures, "seconds": round(time.monotonic() - start, 1),
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python benchmarks/judge.py", *sys.argv[1:]])}

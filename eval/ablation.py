@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -41,7 +40,7 @@ from tqdm import tqdm
 from ugen.errors import UserError
 from ugen.metrics import mean_std
 from ugen.model import PRESETS
-from ugen.runtime import run_main, write_json
+from ugen.runtime import run_logged, run_main, write_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -51,16 +50,6 @@ ARMS = {"vanilla": ["--vocab-schedule", "vanilla"],
 STARTS = ("scratch", "text-lm")
 TEXT_LM_MIX = "text=1,text_qa=1"
 COLUMNS = {"text": "Text", "image_und": "Image-Und", "image_gen": "Image-Gen", "overall": "overall"}
-
-
-def run_logged(cmd: list[str], log: Path, threads: int) -> None:
-    """Run a stage script with its output in `log`; a failure names the log to read."""
-    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as out:
-        done = subprocess.run([sys.executable, *cmd], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if done.returncode != 0:
-        raise UserError(f"{cmd[0]} failed (exit {done.returncode}); see {log}")
 
 
 def _pretrain(run: Path, root: Path, seed: int, args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -77,7 +66,7 @@ def train_text_lm(root: Path, args: argparse.Namespace, threads: int) -> Path:
     if not (model / "ugen.json").is_file():
         extra = ["--preset", args.preset, "--mix", TEXT_LM_MIX, "--vocab-schedule", "vanilla", "--text-only-steps", "0",
                  "--steps", str(args.text_lm_steps)]
-        run_logged(_pretrain(root / "text-lm", root, 0, args, extra), root / "text-lm" / "train.log", threads)
+        run_logged(_pretrain(root / "text-lm", root, 0, args, extra), root / "text-lm" / "train.log", threads, cwd=REPO)
     return model
 
 
@@ -89,10 +78,10 @@ def train_and_evaluate(root: Path, start: str, arm: str, seed: int, args: argpar
         init = ["--init-from", str(root / "text-lm" / "model")] if start == "text-lm" else ["--preset", args.preset]
         extra = [*init, *(["--steps", str(args.steps)] if args.steps else []),
                  "--text-only-steps", str(args.text_only_steps), *ARMS[arm]]
-        run_logged(_pretrain(run, root, seed, args, extra), run / "train.log", threads)
+        run_logged(_pretrain(run, root, seed, args, extra), run / "train.log", threads, cwd=REPO)
     if not results.is_file() or results.stat().st_mtime < (model / "ugen.json").stat().st_mtime:
         cmd = ["eval/evaluate.py", "--model", str(model), "--seed", str(seed), *shlex.split(args.eval_args)]
-        run_logged(cmd, run / "eval.log", threads)
+        run_logged(cmd, run / "eval.log", threads, cwd=REPO)
     return results
 
 
@@ -157,9 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.root)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     if not (root / "vq" / "vq.safetensors").is_file():
-        run_logged(["tokenizers/train_vq.py", "--out", str(root / "vq"), "--seed", "0"], root / "tokenizers.log", threads * args.jobs)
+        run_logged(["tokenizers/train_vq.py", "--out", str(root / "vq"), "--seed", "0"], root / "tokenizers.log", threads * args.jobs, cwd=REPO)
     if not (root / "text" / "text.model").is_file():
-        run_logged(["tokenizers/train_text.py", "--out", str(root / "text"), "--seed", "0"], root / "tokenizers.log", threads * args.jobs)
+        run_logged(["tokenizers/train_text.py", "--out", str(root / "text"), "--seed", "0"], root / "tokenizers.log", threads * args.jobs, cwd=REPO)
     if "text-lm" in args.starts:
         train_text_lm(root, args, threads * args.jobs)
 

@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from ugen import shapes as S
+from ugen.shapes import scene as SC  # the world's private rules and constants
+from ugen.shapes import texts as T
 from ugen.data import Example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +63,8 @@ def test_world_constants():
     palette = np.array(list(S.COLORS.values()), dtype=float)
     closest = min(np.linalg.norm(a - b) for a, b in itertools.combinations(palette, 2))
     # The farthest a shade strays (SHADE_JITTER on each channel) stays under half the closest pair.
-    assert closest / 2 > np.sqrt(3) * S.SHADE_JITTER, "shades could cross to another color's nearest entry"
-    assert S.SIZE_RANGE["small"][1] < S.SIZE_SPLIT < S.SIZE_RANGE["large"][0]
+    assert closest / 2 > np.sqrt(3) * SC.SHADE_JITTER, "shades could cross to another color's nearest entry"
+    assert S.SIZE_RANGE["small"][1] < SC.SIZE_SPLIT < S.SIZE_RANGE["large"][0]
 
 
 def test_places_and_relations_by_hand():
@@ -98,12 +100,12 @@ def test_sample_scene_layouts_keep_their_gaps():
     for scene in scenes:
         for o in scene.objects:
             x0, y0, x1, y1 = o.box
-            assert min(x0, y0) >= S.BORDER - 1e-9 and max(x1, y1) <= S.IMAGE_SIZE - S.BORDER + 1e-9
+            assert min(x0, y0) >= SC.BORDER - 1e-9 and max(x1, y1) <= S.IMAGE_SIZE - SC.BORDER + 1e-9
             low, high = S.SIZE_RANGE[o.size]
             assert low <= o.extent <= high
-            assert np.abs(np.array(o.fill) - S.COLORS[o.color]).max() <= S.SHADE_JITTER
+            assert np.abs(np.array(o.fill) - S.COLORS[o.color]).max() <= SC.SHADE_JITTER
         for p, q in itertools.combinations(scene.objects, 2):
-            assert S._boxes_apart(p.box, q.box, S.GAP)
+            assert SC._boxes_apart(p.box, q.box, SC.GAP)
     assert {s.background for s in scenes} - {S.BACKGROUND}  # some scenes have another tint
     assert len(S.sample_scene(rng, num_objects=3).objects) == 3
 
@@ -122,7 +124,7 @@ def test_render_by_hand():
     assert tuple(image[19, 19]) == tuple(round(0.75 * 240 + 0.25 * c) for c in fill)
     # An outline: the outer pixel ring in the darker shade, the fill inside it.
     image = S.render(S.Scene((_obj("square", x=24, y=24, extent=10, shade=fill, outline=True),)))
-    dark = tuple(round(c * S.OUTLINE_DARKEN) for c in fill)
+    dark = tuple(round(c * SC.OUTLINE_DARKEN) for c in fill)
     assert tuple(image[19, 24]) == dark and tuple(image[20, 24]) == fill
     # A triangle, apex up: the base row is full, the row under the apex is not.
     image = S.render(S.Scene((_obj("triangle", x=24, y=24, extent=10, shade=fill),)))
@@ -257,7 +259,7 @@ def test_caption_examples():
     two = S.Scene((red, _obj(size="small", x=40, y=8), _obj("triangle", "orange", "small", x=15, y=40)))
     assert S.short_caption(two) == "two red circles and an orange triangle"
     assert S.long_caption(two).endswith("and a small orange triangle")  # x=15: too near a third to name
-    assert S._grouped(two.objects, color=False) == "two circles and a triangle"
+    assert T._grouped(two.objects, color=False) == "two circles and a triangle"
     assert S.relation_caption(S.Scene((red, blue)), random.Random(0)) in (
         "a red circle to the left of a blue square", "a red circle above a blue square",
         "a blue square to the right of a red circle", "a blue square below a red circle")
@@ -268,7 +270,7 @@ def test_captions_round_trip():
     for scene in _scenes(500, seed=14):
         colors_shapes = Counter((o.color, o.shape) for o in scene.objects)
         target, prompts = S.captions(scene, rng)
-        for text in (target, S.short_caption(scene), S.long_caption(scene), S._grouped(scene.objects, size=True)):
+        for text in (target, S.short_caption(scene), S.long_caption(scene), T._grouped(scene.objects, size=True)):
             assert Counter((c, s) for _, c, s in S.caption_objects(text)) == colors_shapes, text
         long = S.long_caption(scene)
         assert Counter(S.caption_objects(long)) == Counter(o.kind() for o in scene.objects), long
@@ -326,7 +328,7 @@ def _check_answer(scene: S.Scene, question: str, answer: str, qtype: str) -> Non
         present = any((o.color, o.shape) == (color, shape) for o in objs)
         assert answer == ("yes" if present else "no")
     elif qtype == "spatial":
-        refs = {v: k for k, v in S._references(scene).items()}
+        refs = {v: k for k, v in T._references(scene).items()}
         body = question.removeprefix("is ").removesuffix("?")
         (a, words, b), = [(a, w, b) for a in refs for w, _ in S.RELATIONS for b in refs
                           if body == f"{a} {w} {b}"]
@@ -334,7 +336,7 @@ def _check_answer(scene: S.Scene, question: str, answer: str, qtype: str) -> Non
         # Centres: x grows to the right, y downwards; a near tie is never asked.
         dx, dy = b.x - a.x, b.y - a.y
         along = {"to the left of": dx, "to the right of": -dx, "above": dy, "below": -dy}[words]
-        assert abs(along) >= S.RELATION_MARGIN
+        assert abs(along) >= SC.RELATION_MARGIN
         assert answer == ("yes" if along > 0 else "no")
     else:
         raise AssertionError(f"unknown qtype {qtype}")

@@ -28,7 +28,6 @@ and weights, its image rows reset to the mean of its text rows (UGen's setting, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import sys
 import time
@@ -66,12 +65,15 @@ from ugen.training import (
     add_run_dir_args,
     claim_run_dir,
     forward_backward,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    autocast_context,
+    lr_schedule,
     make_optimizer,
     resume,
     save_run_checkpoint,
     split_codes,
     step_batch,
-    warmup_cosine,
 )
 from ugen.vocab import Vocab
 from ugen.vq import ImageTokenizer
@@ -111,9 +113,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--micro-batch", type=int, default=None,
                        help="sequences per forward/backward on each process (default: its whole share); fewer "
                             "accumulate gradients over several passes: the same step in less memory")
-    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    train.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                       help="adamw, or muon: Muon on the hidden matrices, AdamW (--lr) on embeddings, head and norms")
+    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW's)")
+    train.add_argument("--muon-lr", type=float, default=0.02, help="peak learning rate of Muon's matrices")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                       help="cosine: decay from the warmup on; wsd: warmup, the peak held, a linear decay at the end")
+    train.add_argument("--decay-share", type=float, default=0.3, help="wsd: the share of the steps that decays")
+    train.add_argument("--min-lr-ratio", type=float, default=0.1, help="the LR decays to this fraction of the peak")
     train.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
+    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                       help="forward passes under bf16 autocast over fp32 weights (auto: on CUDA only)")
     train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay on matrices")
     train.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
     train.add_argument("--fsdp", action="store_true",
@@ -251,8 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         if pixel_init:
             init_image_rows_from_pixels(model, vocab, code_patches, args.seed)
     wrapped = dist.wrap(model, fsdp=args.fsdp)  # FSDP shards the parameters in place: the optimizer comes after
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, args.min_lr_ratio))
+    if args.optimizer == "muon" and args.fsdp:
+        raise UserError("--optimizer muon does not shard: it needs each hidden matrix whole (use --optimizer adamw with --fsdp)")
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, kind=args.optimizer, muon_lr=args.muon_lr)
+    factor = lr_schedule(args.lr_schedule, args.warmup, args.steps, args.min_lr_ratio, args.decay_share)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     config = vars(args) | {"vocab": vocab.to_dict()}  # the process count is not in it: any count trains the same
 
     checkpoint_state = {"schedule": schedule.to_dict(), "config": config}  # what a checkpoint keeps, and resume checks
@@ -266,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     train_model = torch.compile(wrapped) if use_compile else wrapped  # packed batches: one shape, one compile
     # one process, eager (FSDP shards the model in place, so `is` alone does not tell): see forward_backward
     head_on_targets = dist.world == 1 and train_model is model and plain_output_layer(model)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    autocast = autocast_context(device, args.precision)
     wandb_run = init_wandb(args.wandb if dist.main else "disabled", run, "ugen-pretrain", config)
     if dist.main:
         print(f"model: {args.init_from or args.preset}, {num_params(model) / 1e6:.2f}M parameters, vocab {vocab.size} "

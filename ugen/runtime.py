@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -154,3 +155,15 @@ def run_main(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def run_logged(cmd: list[str], log: Path, threads: int, cwd: Path | None = None) -> None:
+    """Run a stage script (`cmd[0]`, by path) with this Python, its output appended to `log` and
+    `threads` CPU threads; a failure names the log to read. For drivers that run many trainings
+    (eval/ablation.py, eval/experiment.py)."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        done = subprocess.run([sys.executable, *cmd], cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise UserError(f"{cmd[0]} failed (exit {done.returncode}); see {log}")

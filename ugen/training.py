@@ -237,18 +237,81 @@ class Throughput:
 
 
 # -- optimization -----------------------------------------------------------------------------
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only: norms, biases, the input embedding and the output layer
-    are not decayed. An image id that progressive vocabulary learning has not switched on yet gets
-    no gradient in its embedding and output rows; decay alone would shrink those rows every step
-    toward zero before the id is ever trained."""
-    # The two may be one tied parameter; a parameter is compared by identity (tensor == compares values).
-    vocab_matrices = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "wsd")
+
+
+def _param_groups(model: torch.nn.Module) -> tuple[list, list, list]:
+    """(hidden matrices, vocabulary matrices, the rest: norms and biases). The input embedding and
+    the output layer (one tied parameter, maybe: compared by identity, as tensor == compares values)
+    are apart from the hidden matrices: an image id that progressive vocabulary learning has not
+    switched on yet gets no gradient in its rows, and decay alone would shrink them every step
+    toward zero before the id is ever trained; nor is an embedding a linear map for Muon."""
+    vocab_ids = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2 and id(p) not in vocab_matrices]
-    no_decay = [p for p in params if p.dim() < 2 or id(p) in vocab_matrices]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=torch.cuda.is_available())
+    hidden = [p for p in params if p.dim() >= 2 and id(p) not in vocab_ids]
+    vocab = [p for p in params if id(p) in vocab_ids]
+    rest = [p for p in params if p.dim() < 2 and id(p) not in vocab_ids]
+    return hidden, vocab, rest
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), kind: str = "adamw",
+                   muon_lr: float = 0.02) -> torch.optim.Optimizer:
+    """AdamW with decay on the hidden matrices only (norms, biases, the input embedding and the
+    output layer are not decayed: see `_param_groups`), or with `kind="muon"` Muon on the hidden
+    matrices (at `muon_lr`, Keller Jordan's scale: the orthogonalised update times
+    sqrt(max(1, rows / cols))) and AdamW at `lr` on the rest, as modded-nanogpt trains."""
+    if kind not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {kind!r}")
+    hidden, vocab, rest = _param_groups(model)
+    fused = torch.cuda.is_available()
+    if kind == "adamw":
+        groups = [{"params": hidden, "weight_decay": weight_decay}, {"params": vocab + rest, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    return MuonAdamW(torch.optim.Muon(hidden, lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="original"),
+                     torch.optim.AdamW(vocab + rest, lr=lr, betas=betas, weight_decay=0.0, fused=fused))
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon and AdamW stepped as one optimizer, so that an LR scheduler, gradient clipping and the
+    checkpoints see one object. Its `param_groups` are the two optimizers' own group dicts (not
+    copies), so a scheduler that sets a group's "lr" sets it in the optimizer that steps it; each
+    group's LR is scaled from its own initial value, Muon's and AdamW's peaks kept apart.
+
+    torch ships Muon (2.9+) but for 2-D parameters alone, and no combined form: hence this class."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+        # Optimizer.__init__ appends each group dict as it is (filling no defaults: there are none),
+        # so the groups stay shared with the inner optimizers.
+        super().__init__(muon.param_groups + adamw.param_groups, defaults={})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("MuonAdamW.step takes no closure")
+        self.muon.step()
+        self.adamw.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) != {"muon", "adamw"}:
+            raise UserError("the checkpoint's optimizer state is not Muon with AdamW: resume with the run's own --optimizer")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        # load_state_dict replaces each inner optimizer's group dicts: share them again
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+
+def lr_schedule(kind: str, warmup: int, total: int, min_ratio: float, decay_share: float = 0.3):
+    """The LR multiplier of a step: `cosine` (`warmup_cosine`) or `wsd` (`warmup_stable_decay`)."""
+    if kind not in LR_SCHEDULES:
+        raise UserError(f"LR schedule must be one of {', '.join(LR_SCHEDULES)}, not {kind!r}")
+    if kind == "wsd":
+        return warmup_stable_decay(warmup, total, min_ratio, decay_share)
+    return warmup_cosine(warmup, total, min_ratio)
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float):
@@ -261,6 +324,36 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def warmup_stable_decay(warmup: int, total: int, min_ratio: float, decay_share: float):
+    """LR multiplier: linear warmup, the peak held, then a linear decay over the last
+    `decay_share` of the steps to `min_ratio` at `total` (modded-nanogpt's schedule: the peak is
+    held longer than a cosine holds it, and the decay at the end does the annealing)."""
+    if not 0.0 < decay_share <= 1.0:
+        raise UserError(f"the decay's share of the steps must be in (0, 1], not {decay_share}")
+    decay_start = total - max(1, round(decay_share * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+        return 1.0 - (1.0 - min_ratio) * progress
+
+    return factor
+
+
+def autocast_context(device: torch.device, precision: str):
+    """A context factory for the forward passes: bf16 autocast over fp32 weights, or none.
+    `auto` is bf16 on CUDA and fp32 elsewhere; `bf16` on a CPU uses its bf16 matmul kernels
+    (AVX512-BF16, AMX) where it has them."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 # -- metrics ----------------------------------------------------------------------------------

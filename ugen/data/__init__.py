@@ -3,9 +3,7 @@
 from ugen.data.sources import (
     DATA_FLAGS,
     SPLITS,
-    Example,
     Source,
-    Texts,
     add_data_args,
     add_source_args,
     data_of_model,
@@ -15,6 +13,7 @@ from ugen.data.sources import (
     open_split,
     square_rgb,
 )
+from ugen.example import Example, Texts
 
 __all__ = ["DATA_FLAGS", "SPLITS", "Example", "Source", "Texts", "add_data_args", "add_source_args", "data_of_model",
            "default_image_size", "load_examples", "open_source", "open_split", "square_rgb"]

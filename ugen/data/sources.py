@@ -15,7 +15,6 @@ import inspect
 import io
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,33 +24,7 @@ import PIL.ImageOps
 import torch
 
 from ugen.errors import UserError
-
-
-@dataclass
-class Texts:
-    """The texts that go with one image."""
-
-    caption: str  # target of the caption task (Shapes: the long dense caption)
-    prompts: list[str]  # conditions for text-to-image (Shapes: the short and the long caption)
-    qa: list[tuple[str, str, str]] = field(default_factory=list)  # (question, answer, question type)
-    passage: str | None = None  # text-only passage about the scene
-
-
-@dataclass
-class Example:
-    """One image with the texts that go with it."""
-
-    image: np.ndarray  # (H, W, 3) uint8 RGB at the data set's resolution
-    caption: str
-    prompts: list[str]
-    qa: list[tuple[str, str, str]] = field(default_factory=list)
-    passage: str | None = None
-    scene: Any = None  # ugen.shapes.Scene for Shapes, None for other data
-
-    @classmethod
-    def of(cls, image: np.ndarray, texts: Texts, scene: Any = None) -> Example:
-        return cls(image=image, caption=texts.caption, prompts=texts.prompts, qa=texts.qa, passage=texts.passage, scene=scene)
-
+from ugen.example import Example, Texts
 
 # ---------------------------------------------------------------------------------------------
 # Loading: the Shapes world or any image-caption data set that `datasets` can open
@@ -236,7 +209,9 @@ class ShapesSource(Source):
     """The Shapes world: scenes and texts drawn up front (cheap), each image rendered when read."""
 
     def __init__(self, split: str, n: int, seed: int, image_size: int):
-        from ugen import shapes  # imported here: other data must not need the Shapes renderer
+        from ugen import (
+            shapes,  # imported here: other data must not need the Shapes renderer
+        )
 
         super().__init__("shapes", split, image_size, n)
         self._shapes = shapes
