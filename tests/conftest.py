@@ -63,6 +63,12 @@ class Result:
 
 
 @functools.cache
+def ugen_cli(*args: str) -> subprocess.CompletedProcess:
+    """The `ugen` console command in a fresh process."""
+    code = "from ugen.cli import entry; entry()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+
 def _script(path: str) -> ModuleType:
     name = f"script_{Path(path).stem}"
     spec = importlib.util.spec_from_file_location(name, ROOT / path)
@@ -109,6 +115,16 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_run) -> Path:
     return tiny_run / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_plan_model_dir(tiny_run) -> Path:
+    """A model pretrained with --plan (it writes a scene's layout before it draws) on tiny_run's tokenizers."""
+    run = tiny_run / "plan"
+    run_script("train/pretrain.py", "--run-dir", str(run), "--vq", str(tiny_run / "vq"),
+               "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--plan", "--steps", "6", "--batch-tokens",
+               "512", "--warmup", "2", "--text-only-steps", "2", "--eval-every", "3", *TINY_DATA, "--wandb", "disabled")
+    return run / "model"
 
 
 @contextlib.contextmanager

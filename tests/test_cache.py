@@ -67,7 +67,8 @@ def test_cache_equals_encoding_the_images_directly(folder, tmp_path, tools, monk
         row = cache[i]
         assert row.caption == text.encode(example.caption)[:4]  # clipped to max_text
         assert row.passage == text.encode(example.caption)[:8]  # the passage to twice that
-        assert row.prompts == [text.encode(example.caption)[:4]] and row.qa == []
+        assert row.prompts == [text.encode(example.caption)[:4]] and row.qa == [] and row.layout is None
+    assert cache.layouts == 0
     counts = np.bincount(np.asarray(cache.codes).ravel(), minlength=vq.num_codes)
     assert np.array_equal(cache.code_counts, counts)
 
@@ -81,7 +82,7 @@ def test_cache_rows_read_back_their_images(folder, tmp_path, tools):
         assert np.array_equal(encode_images(vq, image[None])[0], cache.codes[i])
 
 
-def test_shapes_cache_keeps_questions_and_passages(tmp_path, tools):
+def test_shapes_cache_keeps_questions_passages_and_layouts(tmp_path, tools):
     from ugen import shapes
 
     vq, text = tools
@@ -93,6 +94,8 @@ def test_shapes_cache_keeps_questions_and_passages(tmp_path, tools):
         assert row.passage == text.encode(t.passage)[:32]
         assert row.prompts == [text.encode(p)[:16] for p in t.prompts]
         assert row.qa == [(text.encode(q)[:16], text.encode(a)[:16]) for q, a, _ in t.qa]
+        assert row.layout == text.encode(t.layout)[:16]
+    assert cache.layouts == 6
     assert np.array_equal(cache.codes[2], encode_images(vq, shapes.render(scenes[2][0], SIZE)[None])[0])
 
 

@@ -1,19 +1,12 @@
 """The ugen command: outputs per the usage line, and bad input as one line with exit code 2."""
 
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
-from conftest import run_in_process
+from conftest import run_in_process, ugen_cli
 from ugen.cli import main
 from ugen.shapes import make_examples
-
-
-def ugen_cli(*args):
-    code = "from ugen.cli import entry; entry()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from ugen.sequences import (
     caption_row,
     collate,
     pack,
+    plan_prompt,
+    t2i_prompt,
     t2i_row,
     text_qa_row,
     text_row,
@@ -55,6 +57,32 @@ def test_loss_covers_only_the_task_output():
     assert trained_targets(t2i_row(V, [6], CODES)) == [*V.from_codes(CODES), V.eoi, V.eos]
     assert trained_targets(text_row(V, [1, 2])) == [V.text_start + 1, V.text_start + 2, V.eos]
     assert trained_targets(text_qa_row(V, [1, 2], [3], [4])) == [V.text_start + 4, V.eos]
+
+
+def test_a_planned_t2i_row_writes_its_layout_then_draws():
+    """bos <gen> caption <plan> layout <boi> codes <eoi> <eos>: the loss covers the layout, the <boi>
+    that ends it and the image; the prompt a sampler continues with the plan ends at <plan>."""
+    row = t2i_row(V, [6], CODES, plan=[7, 8])
+    assert row.ids == [V.bos, V.gen, V.text_start + 6, V.plan, V.text_start + 7, V.text_start + 8, V.boi,
+                       *V.from_codes(CODES), V.eoi, V.eos]
+    assert trained_targets(row) == [V.text_start + 7, V.text_start + 8, V.boi, *V.from_codes(CODES), V.eoi, V.eos]
+    assert plan_prompt(V, [6]) == [V.bos, V.gen, V.text_start + 6, V.plan]
+    assert t2i_prompt(V, [6], [7, 8]) == row.ids[:7]
+
+
+def test_the_sampler_plans_only_when_asked_and_a_dropped_caption_drops_the_plan():
+    examples = [TokenizedExample(CODES, [1], [[2]], [], [6], layout=[9, 9]) for _ in range(50)]
+    def t2i_rows(plan, dropout):
+        sampler = RowSampler(examples, V, {"t2i": 1.0}, dropout, plan=plan)
+        return [sampler.row("t2i", np.random.default_rng(i)) for i in range(50)]
+
+    assert all(V.plan in r.ids for r in t2i_rows(True, 0.0))
+    assert not any(V.plan in r.ids for r in t2i_rows(False, 0.0))
+    dropped = [r for r in t2i_rows(True, 0.5) if V.text_start + 2 not in r.ids]
+    assert dropped and all(r.ids[:3] == [V.bos, V.gen, V.boi] for r in dropped)  # the unconditional row, no plan
+    # rows without a layout stay plain t2i rows
+    plain = RowSampler([TokenizedExample(CODES, [1], [[2]], [], [6])], V, {"t2i": 1.0}, 0.0, plan=True)
+    assert V.plan not in plain.row("t2i", np.random.default_rng(0)).ids
 
 
 def test_collate_pads_right_and_masks_padding():

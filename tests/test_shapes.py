@@ -367,3 +367,13 @@ def test_passage_mentions_every_object():
             assert o.phrase() in text
             if o.position:
                 assert S.PLACE_PHRASES[o.position] in text.lower()
+
+
+def test_the_layout_lists_objects_in_drawing_order_with_their_places():
+    """Centres on a 12-step lattice (4 px a step at 48 px), top to bottom then left to right."""
+    a = _obj("circle", "red", "large", x=40.0, y=30.0, extent=15.0)  # steps 10, 7
+    b = _obj("square", "blue", "small", x=5.0, y=30.5, extent=9.0)  # steps 1, 7: same row as a, further left
+    c = _obj("triangle", "green", "small", x=20.0, y=3.9, extent=9.0)  # steps 5, 0
+    assert S.layout(S.Scene((a, b, c))) == "small green triangle 5 0; small blue square 1 7; large red circle 10 7"
+    scene, texts = S.make_texts("validation", 1)[0]
+    assert texts.layout == S.layout(scene)

@@ -25,6 +25,8 @@ def corpus(source) -> Iterator[str]:
         yield from (t.caption, *t.prompts, *(x for q, a, _ in t.qa for x in (q, a)))
         if t.passage:
             yield t.passage
+        if t.layout:  # the plans a model trained with --plan writes
+            yield t.layout
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -140,6 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # images inside it, but every other task lost a little in 1200 steps (README, "Sequence formats").
     mix.add_argument("--mix", default="text=0.05,text_qa=0.1,caption=0.2,vqa=0.15,t2i=0.5",
                      help=f"task weights in phase 1 over {', '.join(TASKS)} (phase 0 keeps the text ones)")
+    mix.add_argument("--plan", action=argparse.BooleanOptionalAction, default=False,
+                     help="plan, then draw: a t2i row writes the scene's layout (each object's size, color, shape "
+                          "and place) between its caption and its image, so the model writes a plan when it draws "
+                          "(needs data with layouts: Shapes, or a --layout-column)")
     mix.add_argument("--caption-dropout", type=float, default=0.1,
                      help="probability that a t2i row drops its caption (trains the unconditional branch of CFG)")
 
@@ -239,11 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     pixel_init = args.image_init == "pixels" and not args.init_from
     code_patches = image_tokenizer.code_patches() if pixel_init else None  # (num_image, P)
     del image_tokenizer  # the transformer trains on codes only
-    sampler = RowSampler(train_rows, vocab, args.mix, args.caption_dropout, args.max_len)
+    if args.plan and not layouts_in(train_rows):
+        raise UserError(f"--plan: {args.data} has no layouts in its training split to write plans from")
+    sampler = RowSampler(train_rows, vocab, args.mix, args.caption_dropout, args.max_len, plan=args.plan)
     if args.text_only_steps and not any(sampler.weights[TASKS.index(t)] > 0 for t in TEXT_TASKS):
         raise UserError(f"--text-only-steps {args.text_only_steps} needs a text task ({', '.join(TEXT_TASKS)}) "
                         "in --mix that this data supports")
-    val_batches = validation_batches(RowSampler(val_rows, vocab, args.mix, 0.0, args.max_len), vocab, args.max_len, args.seed)
+    val_sampler = RowSampler(val_rows, vocab, args.mix, 0.0, args.max_len, plan=args.plan)
+    val_batches = validation_batches(val_sampler, vocab, args.max_len, args.seed)
 
     # -- schedule, model, optimizer ---------------------------------------------------------
     schedule = build_schedule(
@@ -363,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         save_model_dir(
             out, whole,
             {"vocab": vocab.to_dict(), "schedule": schedule.to_dict(), "image_size": args.image_size,
-             "grid": int(np.sqrt(image_len)), "max_len": args.max_len, "step": step, "pretrain": config},
+             "grid": int(np.sqrt(image_len)), "max_len": args.max_len, "step": step, "plan": args.plan,
+             "pretrain": config},
             args.vq or run / "vq", text,
         )
         minutes = (time.monotonic() - start_time) / 60
@@ -379,6 +387,12 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     dist.barrier()
     dist.close()
+
+
+def layouts_in(rows) -> bool:
+    """Whether any training row has a layout (the code cache counts them; a list is looked through)."""
+    count = getattr(rows, "layouts", None)
+    return bool(count) if count is not None else any(r.layout for r in rows)
 
 
 def batch_shape(args: argparse.Namespace, world: int) -> tuple[int, int, int]:

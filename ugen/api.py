@@ -20,7 +20,7 @@ from ugen.model import load_transformer, read_meta
 from ugen.runtime import pick_device
 from ugen.sampling import Engine, SamplingParams
 from ugen.schedule import VocabSchedule
-from ugen.sequences import caption_prompt, t2i_prompt, text_qa_prompt, vqa_prompt
+from ugen.sequences import caption_prompt, plan_prompt, t2i_prompt, text_qa_prompt, vqa_prompt
 from ugen.text_tokenizer import load_text_tokenizer
 from ugen.vocab import Vocab
 from ugen.vq import ImageTokenizer, encode_images, to_uint8
@@ -35,6 +35,11 @@ GREEDY = SamplingParams(temperature=0.0)
 # The text of a text with images inside it (`UGen.write`; its images are drawn as `generate` draws):
 # sampled, so that the model writes scenes of its own after the prompt's.
 WRITE_DEFAULTS = SamplingParams(temperature=1.0)
+# A plan (models pretrained with --plan) is sampled as it was trained, at temperature 1, with no
+# guidance: its counts and places are what the prompt leaves open, and drawing them from the
+# model's own distribution keeps the layouts as varied as the training scenes.
+PLAN_PARAMS = SamplingParams(temperature=1.0)
+PLAN_TOKENS = 96  # the longest plan (five objects take about 40 pieces); <boi> is forced after it
 ROWS_PER_CALL = 128  # sequences decoded together; bounds memory on long prompt lists
 
 
@@ -120,12 +125,48 @@ class UGen:
         prompts = [caption_prompt(self.vocab, c) for c in codes]
         return prompts, self.run(prompts, params, generator, max_new_tokens=max_new_tokens)
 
+    @property
+    def plans(self) -> bool:
+        """Whether this model writes a plan (the scene's layout as text) before it draws: pretrained
+        with --plan."""
+        return bool(self.meta.get("plan")) and "<plan>" in self.vocab.specials
+
+    def draw_plans(self, captions: Sequence[list[int]],
+                   generator: torch.Generator | Sequence[torch.Generator]) -> list[list[int] | None]:
+        """The plan the model writes for each caption (text-piece ids; `PLAN_PARAMS`), up to the
+        <boi> that ends it; None for an empty caption (the unconditional prompt has no plan) or a
+        model that does not plan."""
+        planned = [i for i, c in enumerate(captions) if self.plans and c]
+        plans: list[list[int] | None] = [None] * len(captions)
+        if not planned:
+            return plans
+        prompts = [plan_prompt(self.vocab, captions[i]) for i in planned]
+        room = self.max_len - self.image_len - 2 - max(len(p) for p in prompts)  # <boi> codes <eoi> must fit
+        gens = generator if isinstance(generator, torch.Generator) else [generator[i] for i in planned]
+        rows = self.run(prompts, PLAN_PARAMS, gens, allow_images=True, stop_ids=(self.vocab.boi, self.vocab.eos),
+                        max_new_tokens=max(1, min(PLAN_TOKENS, room)))
+        for i, row in zip(planned, rows):
+            plans[i] = self.vocab.to_text(row)  # the stop (<boi> or <eos>) left out
+        return plans
+
+    def plan_of(self, prompt: Sequence[int]) -> str | None:
+        """The plan inside a generation prompt (`draw_codes`' first result) as text, or None."""
+        v = self.vocab
+        if "<plan>" not in v.specials or v.plan not in prompt:
+            return None
+        start = list(prompt).index(v.plan) + 1
+        end = list(prompt).index(v.boi, start) if v.boi in prompt[start:] else len(prompt)
+        return self.decode_text(list(prompt[start:end]))
+
     def draw_codes(self, captions: Sequence[list[int]], params: SamplingParams,
                    generator: torch.Generator | Sequence[torch.Generator]) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
         """Images for captions given as text-piece ids, with CFG (`params.cfg`; an empty caption is
         the unconditional prompt): the generation prompts, the sampled rows (codes, then <eoi>) and
-        the (N, grid*grid) codes."""
-        prompts = [t2i_prompt(self.vocab, c) for c in captions]
+        the (N, grid*grid) codes. A model that plans first writes each caption's plan
+        (`draw_plans`), which then ends its prompt (`plan_of` reads it back); the guidance is
+        against the unconditional prompt either way, as training dropped caption and plan together."""
+        plans = self.draw_plans(captions, generator)
+        prompts = [t2i_prompt(self.vocab, c, plan) for c, plan in zip(captions, plans)]
         uncond = [t2i_prompt(self.vocab, None)] * len(prompts)
         rows = self.run(prompts, params, generator, uncond_prompts=uncond, max_new_tokens=self.image_len + 1,
                          stop_ids=(self.vocab.eoi,))
@@ -167,10 +208,16 @@ class UGen:
 
     def generate(self, prompt: str, num: int = 1, params: SamplingParams = GENERATE_DEFAULTS, seed: int = 0) -> list[PIL.Image.Image]:
         """`num` images drawn from the caption `prompt`, with CFG (`params.cfg`)."""
+        return self.generate_with_plans(prompt, num, params, seed)[0]
+
+    def generate_with_plans(self, prompt: str, num: int = 1, params: SamplingParams = GENERATE_DEFAULTS,
+                            seed: int = 0) -> tuple[list[PIL.Image.Image], list[str | None]]:
+        """`generate`, with the plan each image was drawn from (None for a model that does not plan)."""
         if num < 1:
             raise UserError(f"the number of images must be >= 1, not {num}")
-        images = self.decode_codes(self.generate_codes([prompt], num, params, seed))
-        return [PIL.Image.fromarray(i) for i in images]
+        ids = [self.text_ids(prompt, "prompt")] * num
+        prompts, _, codes = self.draw_codes(ids, params, self.generator(seed))
+        return [PIL.Image.fromarray(i) for i in self.decode_codes(codes)], [self.plan_of(p) for p in prompts]
 
     def parts(self, ids: Sequence[int]) -> list[str | PIL.Image.Image]:
         """A sampled row with images inside its text as its parts in order: the text between images

@@ -2,7 +2,7 @@
 
     ugen caption  --model DIR IMAGE...                       one caption per image, one line each
     ugen ask      --model DIR --image IMG --question Q       one answer
-    ugen generate --model DIR --prompt P --out FILE.png [--num N] [--cfg S] [--seed K]
+    ugen generate --model DIR --prompt P --out FILE.png [--num N] [--cfg S] [--seed K] [--show-plan]
     ugen text     --model DIR --prompt P                     the prompt and its continuation
     ugen text     --model DIR --prompt P --images --out F.md  text with images inside it: F.md, F-1.png ...
     ugen serve    --model DIR [--host H] [--port P]          HTTP API and web page (ugen/serve)
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--num", type=int, default=1, help="images to draw")
     sub.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="classifier-free guidance scale (1: off)")
     sub.add_argument("--upscale", type=int, default=1, help="enlarge the written PNGs by this factor (nearest neighbour)")
+    sub.add_argument("--show-plan", action="store_true",
+                     help="print the plan each image was drawn from after its path (a model pretrained with --plan "
+                          "writes the scene's layout before it draws)")
 
     sub = command("text", "continue a text prompt", GREEDY)
     sub.add_argument("--prompt", required=True, help="text to continue")
@@ -151,12 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "ask":
         print(model.ask(args.image, args.question, _params(args), args.seed))
     elif args.command == "generate":
-        images = model.generate(args.prompt, args.num, _params(args, args.cfg), args.seed)
-        for image, path in zip(images, paths):
+        images, plans = model.generate_with_plans(args.prompt, args.num, _params(args, args.cfg), args.seed)
+        for image, plan, path in zip(images, plans, paths):
             if args.upscale > 1:
                 image = image.resize((image.width * args.upscale, image.height * args.upscale), resample=0)
             image.save(path)
-            print(path)
+            print(f"{path}\t{plan if plan is not None else '(this model draws without a plan)'}" if args.show_plan else path)
     elif args.with_images:
         image_params = dataclasses.replace(GENERATE_DEFAULTS, cfg=args.cfg)
         parts = model.write([args.prompt], _params(args), args.seed, args.max_new_tokens, image_params)[0]

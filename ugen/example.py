@@ -17,6 +17,9 @@ class Texts:
     prompts: list[str]  # conditions for text-to-image (Shapes: the short and the long caption)
     qa: list[tuple[str, str, str]] = field(default_factory=list)  # (question, answer, question type)
     passage: str | None = None  # text-only passage about the scene
+    # The scene's layout as text (Shapes: each object's size, color, shape and place), written
+    # between a generation prompt and its image when pretraining with --plan; None: no layout.
+    layout: str | None = None
 
 
 @dataclass
@@ -28,8 +31,10 @@ class Example:
     prompts: list[str]
     qa: list[tuple[str, str, str]] = field(default_factory=list)
     passage: str | None = None
+    layout: str | None = None
     scene: Any = None  # ugen.shapes.Scene for Shapes, None for other data
 
     @classmethod
     def of(cls, image: np.ndarray, texts: Texts, scene: Any = None) -> Example:
-        return cls(image=image, caption=texts.caption, prompts=texts.prompts, qa=texts.qa, passage=texts.passage, scene=scene)
+        return cls(image=image, caption=texts.caption, prompts=texts.prompts, qa=texts.qa, passage=texts.passage,
+                   layout=texts.layout, scene=scene)

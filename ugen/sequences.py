@@ -5,6 +5,9 @@
     caption      bos boi codes eoi <caption> caption eos
     vqa          bos boi codes eoi question <answer> answer eos
     t2i          bos <gen> caption boi codes eoi eos        (caption dropped with prob p, for CFG)
+                 bos <gen> caption <plan> layout boi codes eoi eos
+                 (pretraining with --plan: the scene's layout is written first, then drawn from;
+                 a dropped caption drops its layout too)
     interleaved  bos caption boi codes eoi caption boi codes eoi ... eos
                  (a few scenes described one after another, each followed by its image: text with
                  images inside it, which `UGen.write` samples)
@@ -67,14 +70,24 @@ def vqa_row(vocab: Vocab, codes, question: list[int], answer: list[int]) -> Row:
     return Row([*prompt, *vocab.from_text(answer), vocab.eos], len(prompt) - 1, "vqa")
 
 
-def t2i_prompt(vocab: Vocab, caption: list[int] | None) -> list[int]:
-    """The generation prompt; `caption=None` is the unconditional prompt used for CFG."""
+def plan_prompt(vocab: Vocab, caption: list[int]) -> list[int]:
+    """What a model trained with plans continues with the layout's text, then <boi>."""
+    return [vocab.bos, vocab.gen, *vocab.from_text(caption), vocab.plan]
+
+
+def t2i_prompt(vocab: Vocab, caption: list[int] | None, plan: list[int] | None = None) -> list[int]:
+    """The generation prompt, up to <boi>; `caption=None` is the unconditional prompt used for
+    CFG. With a `plan` (text-piece ids of a layout), the prompt written and then planned."""
+    if plan is not None:
+        return [*plan_prompt(vocab, caption or []), *vocab.from_text(plan), vocab.boi]
     return [vocab.bos, vocab.gen, *vocab.from_text(caption or []), vocab.boi]
 
 
-def t2i_row(vocab: Vocab, caption: list[int] | None, codes) -> Row:
-    prompt = t2i_prompt(vocab, caption)
-    return Row([*prompt, *vocab.from_codes(codes), vocab.eoi, vocab.eos], len(prompt) - 1, "t2i")
+def t2i_row(vocab: Vocab, caption: list[int] | None, codes, plan: list[int] | None = None) -> Row:
+    """The loss covers the image and, with a plan, the plan and the <boi> that ends it."""
+    prompt = t2i_prompt(vocab, caption, plan)
+    loss_from = len(plan_prompt(vocab, caption or [])) - 1 if plan is not None else len(prompt) - 1
+    return Row([*prompt, *vocab.from_codes(codes), vocab.eoi, vocab.eos], loss_from, "t2i")
 
 
 def interleaved_row(vocab: Vocab, scenes: Sequence[tuple[list[int], Sequence[int]]]) -> Row:
@@ -152,6 +165,7 @@ class TokenizedExample:
     prompts: list[list[int]]
     qa: list[tuple[list[int], list[int]]]
     passage: list[int]
+    layout: list[int] | None = None  # the scene's plan (`ugen.example.Texts.layout`), if it has one
 
 
 class RowSampler:
@@ -159,15 +173,17 @@ class RowSampler:
 
     A task the data cannot feed (no QA pairs in a bring-your-own data set: no vqa, no text_qa) gets
     weight 0. The draw depends only on the generator passed in, which the training loop seeds from
-    (seed, step): the data order of a resumed run is the uninterrupted run's.
+    (seed, step): the data order of a resumed run is the uninterrupted run's. With `plan`, a t2i
+    row of an example with a layout writes it between its caption and its image.
     """
 
     def __init__(self, examples: Sequence[TokenizedExample], vocab: Vocab, mix: dict[str, float], caption_dropout: float,
-                 max_len: int | None = None):
+                 max_len: int | None = None, plan: bool = False):
         unknown = set(mix) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks in the mixture: {sorted(unknown)} (tasks: {', '.join(TASKS)})")
         self.examples, self.vocab, self.caption_dropout, self.max_len = examples, vocab, caption_dropout, max_len
+        self.plan = plan
         # The code cache (`ugen.data.cache.CodeCache`) knows its rows with QA without reading them all.
         self.with_qa = getattr(examples, "with_qa", None)
         if self.with_qa is None:
@@ -222,8 +238,9 @@ class RowSampler:
         if task == "caption":
             return caption_row(vocab, ex.codes, ex.caption)
         prompt = ex.prompts[rng.integers(len(ex.prompts))]
-        dropped = rng.random() < self.caption_dropout
-        return t2i_row(vocab, None if dropped else prompt, ex.codes)
+        if rng.random() < self.caption_dropout:
+            return t2i_row(vocab, None, ex.codes)
+        return t2i_row(vocab, prompt, ex.codes, ex.layout if self.plan else None)
 
     def interleaved(self, rng: np.random.Generator) -> Row:
         """Up to INTERLEAVED_SCENES random scenes, each with one of its generation prompts, as many

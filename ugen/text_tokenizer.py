@@ -112,6 +112,17 @@ def train_text_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
+    try:
+        _train_bpe(texts, buffer, vocab_size)
+    except RuntimeError as err:  # SentencePiece's own checks, e.g. fewer pieces than distinct characters
+        raise UserError(f"SentencePiece cannot train on this text: {one_line(err)}") from None
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(out)
+    return TextTokenizer(out)
+
+
+def _train_bpe(texts: Iterable[str], buffer: io.BytesIO, vocab_size: int) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
         model_writer=buffer,
@@ -128,7 +139,3 @@ def train_text_tokenizer(texts: Iterable[str], out: str | Path, vocab_size: int)
         num_threads=2,
         minloglevel=2,
     )
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(out)
-    return TextTokenizer(out)

@@ -25,6 +25,7 @@ SPECIALS = (
     "<caption>",  # task marker: image -> caption
     "<answer>",  # task marker: the answer to the question before it follows
     "<gen>",  # task marker: caption -> image
+    "<plan>",  # after a generation prompt: the scene's layout as text follows, then the image
 )
 
 

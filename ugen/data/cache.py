@@ -11,7 +11,8 @@ Layout of `<root>/<split>-<hash>/`:
     codes.bin      (N, L) int16   VQ codes of the N readable rows, L = grid * grid
     rows.npy       (N,)   int64   each row's position in its `Source` (to read its image again)
     texts.npy      (N, 3) int64   first text of the row, number of prompts, number of QA pairs
-    ids.bin        (M,)   int32   every text's ids, one after another: caption, passage, prompts, (q, a)...
+    ids.bin        (M,)   int32   every text's ids, one after another: caption, passage, layout (empty
+                                  when the row has none), prompts, (q, a)...
     offsets.npy    (T+1,) int64   where text t starts in ids.bin
     counts.npy     (K,)   int64   how often each code occurs (the frequency order of the vocabulary schedule)
     meta.json      the identity and the number of rows and of skipped rows
@@ -39,7 +40,7 @@ from ugen.errors import UserError
 from ugen.sequences import TokenizedExample
 from ugen.text_tokenizer import Tokenizer
 
-CACHE_VERSION = 1  # bump when the layout or what is stored changes
+CACHE_VERSION = 2  # bump when the layout or what is stored changes (2: each row's scene layout)
 
 
 class CodeCache:
@@ -56,6 +57,8 @@ class CodeCache:
         self.ids = np.memmap(self.directory / "ids.bin", dtype=np.int32, mode="r") if self.offsets[-1] else np.zeros(0, np.int32)
         self.code_counts = np.load(self.directory / "counts.npy")
         self.with_qa = np.flatnonzero(np.asarray(self.texts[:, 2]) > 0)  # the rows vqa and text_qa draw from
+        first = np.asarray(self.texts[:, 0], dtype=np.int64)
+        self.layouts = int((self.offsets[first + 3] - self.offsets[first + 2] > 0).sum())  # rows with a layout
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,12 +68,13 @@ class CodeCache:
 
     def __getitem__(self, i: int) -> TokenizedExample:
         first, prompts, qa = (int(v) for v in self.texts[i])
-        after = first + 2 + prompts
+        after = first + 3 + prompts
         return TokenizedExample(
             codes=np.asarray(self.codes[i]),
             caption=self._ids(first),
             passage=self._ids(first + 1),
-            prompts=[self._ids(first + 2 + k) for k in range(prompts)],
+            layout=self._ids(first + 2) or None,
+            prompts=[self._ids(first + 3 + k) for k in range(prompts)],
             qa=[(self._ids(after + 2 * k), self._ids(after + 2 * k + 1)) for k in range(qa)],
         )
 
@@ -147,6 +151,7 @@ def _encode_texts(texts: Texts, text: Tokenizer, max_text: int) -> Iterator[list
     so that a long caption never pushes the image codes out of a row."""
     yield text.encode(texts.caption)[:max_text]
     yield text.encode(texts.passage or texts.caption)[: 2 * max_text]
+    yield text.encode(texts.layout)[:max_text] if texts.layout else []
     for prompt in texts.prompts:
         yield text.encode(prompt)[:max_text]
     for question, answer, _ in texts.qa:

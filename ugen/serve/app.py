@@ -4,7 +4,8 @@
     GET  /health      the model, the queue, the limits and defaults
     POST /caption     multipart: image [, temperature, top_k, top_p, seed]       -> {"caption"}
     POST /ask         multipart: image, question [, temperature, top_k, top_p, seed] -> {"answer"}
-    POST /generate    JSON: prompt [, num, cfg, temperature, top_k, top_p, seed]  -> {"images": [base64 PNG]}
+    POST /generate    JSON: prompt [, num, cfg, temperature, top_k, top_p, seed]  -> {"images": [base64 PNG],
+                      "plans": [the layout each image was drawn from, or null where the model does not plan]}
     POST /text        JSON: prompt [, max_new_tokens, temperature, top_k, top_p, seed] -> {"text"}
                       with "images": true, text with images inside it -> {"parts": [{"text"} | {"image": base64 PNG}]}
 
@@ -168,6 +169,7 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
         return {
             "status": "ok", "model": str(model.directory), "device": str(model.device),
             "image_size": model.image_size, "writes_images_in_text": model.trained_interleaved,
+            "plans": model.plans,
             "waiting": len(batcher.waiting), "engine_calls": batcher.calls,
             "limits": {"max_images": MAX_IMAGES, "max_new_tokens": MAX_NEW_TOKENS, "max_upload_bytes": MAX_UPLOAD_BYTES,
                        "max_rows": batcher.max_rows, "max_queue": batcher.max_queue, "timeout_s": timeout_s},
@@ -207,8 +209,8 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
         check_length(body.prompt, "prompt", model.image_len + 1)
         task = Task("generate", sampling(body.temperature, body.top_k, body.top_p, body.cfg), body.seed, body.prompt,
                     num=body.num)
-        images, meta = await serve(task, started)
-        return {"images": [_png(i) for i in images], **meta}
+        (images, plans), meta = await serve(task, started)
+        return {"images": [_png(i) for i in images], "plans": plans, **meta}
 
     @app.post("/text")
     async def text(body: TextBody):

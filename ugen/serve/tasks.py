@@ -27,7 +27,8 @@ from ugen.sampling import SamplingParams
 from ugen.sequences import caption_prompt, vqa_prompt
 
 Kind = Literal["caption", "ask", "text", "write", "generate"]
-Result = Union[str, list[PIL.Image.Image], list[Union[str, PIL.Image.Image]]]
+# a text; a drawing's images and the plan of each (None where the model does not plan); parts
+Result = Union[str, tuple[list[PIL.Image.Image], list[Union[str, None]]], list[Union[str, PIL.Image.Image]]]
 
 CAPTION_TOKENS = 64  # as `UGen.caption`
 ANSWER_TOKENS = 16  # as `UGen.answer`
@@ -70,10 +71,11 @@ def _draw(model: UGen, tasks: list[Task]) -> list[Result]:
         generator = model.generator(task.seed)  # one generator for all of a task's images, as `UGen.generate`
         captions += [model.text_ids(task.text, "prompt")] * task.num
         generators += [generator] * task.num
-    codes = model.draw_codes(captions, tasks[0].params, generators)[2]
+    prompts, _, codes = model.draw_codes(captions, tasks[0].params, generators)
     out, start = [], 0
     for task in tasks:  # decoded per request: see the module docstring
-        out.append([PIL.Image.fromarray(i) for i in model.decode_codes(codes[start : start + task.num])])
+        images = [PIL.Image.fromarray(i) for i in model.decode_codes(codes[start : start + task.num])]
+        out.append((images, [model.plan_of(p) for p in prompts[start : start + task.num]]))
         start += task.num
     return out
 

@@ -55,8 +55,10 @@ from ugen.shapes.scene import (
     split_of,
 )
 from ugen.shapes.texts import (
+    LAYOUT_STEPS,
     caption_objects,
     captions,
+    layout,
     long_caption,
     passage,
     questions,
@@ -65,9 +67,9 @@ from ugen.shapes.texts import (
 )
 
 __all__ = [
-    "BACKGROUND", "COLORS", "IMAGE_SIZE", "MATCH_DISTANCE", "NUMBER_WORDS", "PLACE_PHRASES", "POSITIONS", "RELATIONS",
+    "BACKGROUND", "COLORS", "IMAGE_SIZE", "LAYOUT_STEPS", "MATCH_DISTANCE", "NUMBER_WORDS", "PLACE_PHRASES", "POSITIONS", "RELATIONS",
     "SHAPES", "SIZES", "SIZE_RANGE", "SPLITS", "BlobMeasures", "Scene", "ShapeObject", "above", "background_of",
-    "caption_objects", "captions", "coverage", "left_of", "long_caption", "make_examples", "make_texts", "match_count",
+    "caption_objects", "captions", "coverage", "layout", "left_of", "long_caption", "make_examples", "make_texts", "match_count",
     "measure", "parse", "passage", "place", "questions", "relation_caption", "render", "sample_scene", "scene_matches",
     "short_caption", "split_of",
 ]
@@ -86,7 +88,8 @@ def make_texts(split: str, n: int, seed: int = 0) -> list[tuple[Scene, Texts]]:
         if split_of(scene) != split:
             continue
         caption, prompts = captions(scene, rng)
-        out.append((scene, Texts(caption=caption, prompts=prompts, qa=questions(scene, rng), passage=passage(scene, rng))))
+        out.append((scene, Texts(caption=caption, prompts=prompts, qa=questions(scene, rng), passage=passage(scene, rng),
+                                 layout=layout(scene))))
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Iterable
 
 from ugen.shapes.scene import (
     COLORS,
+    IMAGE_SIZE,
     NUMBER_WORDS,
     PLACE_PHRASES,
     RELATIONS,
@@ -64,6 +65,22 @@ def long_caption(scene: Scene) -> str:
         return f"{_article(o.size)} {o.phrase()}{where}"
 
     return _join([said(o) for o in scene.objects])
+
+
+LAYOUT_STEPS = 12  # a layout's places: the centre on a 12 x 12 lattice (4 px a step at 48 px, half a 6 x 6 code cell)
+
+
+def layout(scene: Scene) -> str:
+    """The scene's plan, what pretraining with --plan writes between a prompt and its image: each
+    object's size, color, shape and centre (x then y, 0 to LAYOUT_STEPS - 1 from the top left), in
+    the order an image is drawn (top to bottom, then left to right), e.g. "large red circle 2 3;
+    small blue square 9 7". Counting and placing become text, which the model writes first and
+    then draws from."""
+    def step(value: float) -> int:
+        return min(LAYOUT_STEPS - 1, max(0, int(value / IMAGE_SIZE * LAYOUT_STEPS)))
+
+    objects = sorted(scene.objects, key=lambda o: (step(o.y), o.x))
+    return "; ".join(f"{o.phrase()} {step(o.x)} {step(o.y)}" for o in objects)
 
 
 def _clear_relations(a: ShapeObject, b: ShapeObject) -> list[str]:

@@ -74,7 +74,15 @@ async function draw(event) {
       const img = document.createElement("img");
       img.src = `data:image/png;base64,${png}`;
       img.alt = `${$("draw-prompt").value} (${i + 1})`;
-      return img;
+      const plan = answer.plans && answer.plans[i];
+      if (plan === null || plan === undefined) return img;
+      // a model that plans: the layout it wrote before drawing, under its image
+      const figure = document.createElement("figure");
+      const caption = document.createElement("figcaption");
+      caption.className = "plan";
+      caption.textContent = plan;
+      figure.append(img, caption);
+      return figure;
     }));
     show(status, `${answer.images.length} image${answer.images.length > 1 ? "s" : ""}`, answer);
   } catch (err) {
