@@ -197,3 +197,18 @@ def test_image_batches_draw_from_the_data_whether_indexed_or_streamed(tmp_path):
             assert bool((values == values[:, :1]).all())  # each image is one whole grey from the data
             seen |= {int(v) for v in values[:, 0]}
         assert seen <= {i * 4 for i in pixels} and len(seen) > 10
+
+
+def test_the_shapes_cache_key_follows_every_module_of_the_world(monkeypatch):
+    """An edit to any module of ugen/shapes/ (here texts.py, where the captions come from) is a new
+    Shapes data set, so no cache of the old world's texts is reused."""
+    from pathlib import Path
+
+    from ugen.data import sources
+
+    before = sources.world_fingerprint()
+    read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read(self) + (b"# edited" if self.name == "texts.py" else b""))
+    assert sources.world_fingerprint() != before
+    edited = open_source("shapes", "validation", image_size=SIZE, num=2, seed=0).identity()["fingerprint"]
+    assert edited.endswith(sources.world_fingerprint()) and not edited.endswith(before)

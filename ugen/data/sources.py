@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import io
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -205,6 +204,18 @@ class Source:
                 yield [(i, self.texts(i), image) for i, image in zip(rows, images) if image is not None]
 
 
+def world_fingerprint() -> str:
+    """A hash of the Shapes package's source files (`ugen/shapes/*.py`): what the world's scenes,
+    images and texts are a function of, besides the seed."""
+    from ugen import shapes
+
+    digest = hashlib.sha1()
+    for path in sorted(Path(shapes.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class ShapesSource(Source):
     """The Shapes world: scenes and texts drawn up front (cheap), each image rendered when read."""
 
@@ -216,8 +227,8 @@ class ShapesSource(Source):
         super().__init__("shapes", split, image_size, n)
         self._shapes = shapes
         self.rows = shapes.make_texts(split, n, seed)
-        # The world's code is its data: a change to the generator is a new data set.
-        self.fingerprint = f"seed {seed}, " + hashlib.sha1(inspect.getsource(shapes).encode()).hexdigest()[:16]
+        # The world's code is its data: a change to any module of the package is a new data set.
+        self.fingerprint = f"seed {seed}, {world_fingerprint()}"
 
     def __len__(self) -> int:
         return len(self.rows)
