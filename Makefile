@@ -5,9 +5,12 @@
 DATA ?= shapes
 IMAGE_COLUMN ?= image
 TEXT_COLUMN ?= text
+# A column with each image's layout as text, which pretraining with --plan writes before the image.
+LAYOUT_COLUMN ?=
 IMAGE_SIZE ?=
 RUN ?= $(if $(filter shapes,$(DATA)),runs/default,runs/$(notdir $(abspath $(DATA))))
-DATA_ARGS := --data $(DATA) --image-column $(IMAGE_COLUMN) --text-column $(TEXT_COLUMN) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE))
+DATA_ARGS := --data $(DATA) --image-column $(IMAGE_COLUMN) --text-column $(TEXT_COLUMN) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) \
+	$(if $(LAYOUT_COLUMN),--layout-column $(LAYOUT_COLUMN))
 MODEL ?= $(RUN)/model
 PRESET ?= tiny
 SEED ?= 0

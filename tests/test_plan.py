@@ -50,21 +50,32 @@ def test_generate_shows_the_plan(tiny_plan_model_dir, tmp_path):
     assert [line.split("\t") for line in lines] == [[str(tmp_path / f"x-{i}.png"), plan] for i, plan in ((1, expected[0]), (2, expected[1]))]
 
 
-def test_plan_needs_data_with_layouts(tmp_path):
+def test_plan_trains_on_a_data_set_with_a_layout_column_and_needs_one(tmp_path):
+    """Your own data plans from its --layout-column (rows without one draw as before); without a
+    layout column --plan is a one-line error."""
     folder = tmp_path / "folder"
     folder.mkdir()
     rows = []
     for i in range(40):
         Image.new("RGB", (16, 16), (i * 6, 0, 0)).save(folder / f"{i}.png")
-        rows.append({"file_name": f"{i}.png", "text": f"picture {i}"})
+        rows.append({"file_name": f"{i}.png", "text": f"picture {i}", "layout": f"red square {i % 4} {i % 3}" if i % 5 else ""})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_script("tokenizers/train_vq.py", "--out", str(tmp_path / "run" / "vq"), "--data", str(folder), "--image-size", "16",
-               "--downsample", "4", "--steps", "2", "--batch-size", "4", "--wandb", "disabled")
-    run_script("tokenizers/train_text.py", "--out", str(tmp_path / "run" / "text"), "--data", str(folder))
-    done = run_script("train/pretrain.py", "--run-dir", str(tmp_path / "run"), "--data", str(folder), "--plan", "--steps", "4", "--text-only-steps", "1",
-                      "--wandb", "disabled", check=False)
+    run = tmp_path / "run"
+    data = ["--data", str(folder), "--image-size", "16"]
+    run_script("tokenizers/train_vq.py", "--out", str(run / "vq"), *data, "--downsample", "4", "--steps", "2",
+               "--batch-size", "4", "--wandb", "disabled")
+    run_script("tokenizers/train_text.py", "--out", str(run / "text"), *data)
+    train = ["train/pretrain.py", "--run-dir", str(run), *data, "--plan", "--steps", "4", "--text-only-steps", "1",
+             "--batch-tokens", "256", "--wandb", "disabled"]
+    done = run_script(*train, check=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: --plan:")
+
+    run_script(*train, "--layout-column", "layout", "--overwrite")
+    model = load(run / "model")
+    assert model.plans and read_meta(run / "model")["pretrain"]["layout_column"] == "layout"
+    images, plans = model.generate_with_plans("picture 3", 2, seed=0)
+    assert len(images) == 2 and all(isinstance(p, str) for p in plans)
 
 
 def test_a_tokenizer_that_cannot_train_is_one_line(tmp_path):

@@ -62,20 +62,25 @@ def add_source_args(parser: argparse.ArgumentParser, from_model: bool = False) -
                        help="column that holds the images" + model_default)
     group.add_argument("--text-column", default=None if from_model else "text",
                        help="column that holds the captions" + model_default)
+    group.add_argument("--layout-column", default=None,
+                       help="column that holds each image's layout as text (what is where), which pretraining with "
+                            "--plan writes between a caption and its image (optional; Shapes makes its own)"
+                            + model_default)
     group.add_argument("--streaming", action="store_true",
                        help="read a hub data set as a stream instead of downloading it first (needs the network: "
                             "unset HF_HUB_OFFLINE); the codes are cached as usual, RL needs random access")
     return group
 
 
-DATA_FLAGS = ("data", "image_column", "text_column")
+DATA_FLAGS = ("data", "image_column", "text_column", "layout_column")
+DATA_DEFAULTS = ("shapes", "image", "text", None)
 
 
 def data_of_model(args: argparse.Namespace, meta: dict[str, Any]) -> None:
     """Fill the data flags left unset (None) with those the model was pretrained on (`meta` is its
     ugen.json), so that RL and the eval read a model's own data unless told otherwise."""
     trained_on = meta.get("pretrain", {})
-    for name, fallback in zip(DATA_FLAGS, ("shapes", "image", "text")):
+    for name, fallback in zip(DATA_FLAGS, DATA_DEFAULTS):
         if getattr(args, name) is None:
             setattr(args, name, trained_on.get(name, fallback))
 
@@ -93,7 +98,7 @@ def open_split(args: argparse.Namespace, split: str) -> Source:
     """`open_source` with the flags of `add_data_args` (--num-train for train, --num-val otherwise)."""
     num = args.num_train if split == "train" else args.num_val
     return open_source(args.data, split, image_column=args.image_column, text_column=args.text_column,
-                       image_size=args.image_size or default_image_size(args.data), num=num, seed=args.seed,
+                       layout_column=getattr(args, "layout_column", None), image_size=args.image_size or default_image_size(args.data), num=num, seed=args.seed,
                        streaming=getattr(args, "streaming", False))
 
 
@@ -103,6 +108,7 @@ def open_source(
     *,
     image_column: str = "image",
     text_column: str = "text",
+    layout_column: str | None = None,
     image_size: int = 48,
     num: int | None = None,
     seed: int = 0,
@@ -124,11 +130,11 @@ def open_source(
         return ShapesSource(split, 20000 if num is None else num, seed, image_size)
     rows, base_dir = _open_split(data, split, streaming, cache_dir)
     columns = rows.column_names or list(rows.features or {})
-    for column in (image_column, text_column):
+    for column in (image_column, text_column, *([layout_column] if layout_column else [])):
         if column not in columns:
             raise UserError(f"{data}: no column {column!r}; available columns: {', '.join(columns)}")
     kind = StreamSource if streaming else TableSource
-    return kind(data, split, rows, base_dir, image_column, text_column, image_size, num)
+    return kind(data, split, rows, base_dir, image_column, text_column, image_size, num, layout_column)
 
 
 def load_examples(data: str, split: str, *, num: int | None = None, **kwargs) -> tuple[list[Example], int]:
@@ -157,7 +163,7 @@ class Source:
         self.data, self.split, self.image_size, self.num = data, split, image_size, num
         self.empty_texts = self.skipped = 0
         self.fingerprint = ""
-        self.columns: tuple[str, str] | None = None  # (image, text) of a table or stream
+        self.columns: tuple[str, ...] | None = None  # (image, text[, layout]) of a table or stream
 
     def identity(self) -> dict[str, Any]:
         return {"data": self.data, "fingerprint": self.fingerprint, "split": self.split, "num": self.num,
@@ -248,7 +254,7 @@ class TableSource(Source):
     memory-mapped, so only the rows asked for are read, and images are decoded by us (one
     unreadable file is a skipped row, not an exception mid-pass)."""
 
-    def __init__(self, data, split, rows, base_dir, image_column, text_column, image_size, num):
+    def __init__(self, data, split, rows, base_dir, image_column, text_column, image_size, num, layout_column=None):
         import datasets
 
         super().__init__(data, split, image_size, num)
@@ -258,9 +264,10 @@ class TableSource(Source):
         if isinstance(rows.features[image_column], datasets.Image):
             rows = rows.cast_column(image_column, datasets.Image(decode=False))
         self.base_dir, self.image_column, self.text_column = base_dir, image_column, text_column
-        self.columns = (image_column, text_column)
+        self.layout_column = layout_column
+        self.columns = (image_column, text_column, *([layout_column] if layout_column else []))
         self.image_rows = rows.select_columns([image_column])
-        self.text_rows = rows.select_columns([text_column])
+        self.text_rows = rows.select_columns([text_column, *([layout_column] if layout_column else [])])
         # One pass over the text column alone: the rows with a caption (no image is decoded).
         keep = [i for start, batch in enumerate(self.text_rows.iter(batch_size=4096))
                 for i, value in enumerate(batch[text_column], start * 4096) if _texts(value)]
@@ -271,7 +278,8 @@ class TableSource(Source):
         return len(self.index)
 
     def texts(self, i: int) -> Texts:
-        return _row_texts(self.text_rows[int(self.index[i])][self.text_column])
+        row = self.text_rows[int(self.index[i])]
+        return _row_texts(row[self.text_column], row.get(self.layout_column) if self.layout_column else None)
 
     def image(self, i: int) -> np.ndarray | None:
         return _read_image(self.image_rows[int(self.index[i])][self.image_column], self.base_dir, self.image_size)
@@ -283,17 +291,19 @@ class StreamSource(Source):
 
     random_access = False
 
-    def __init__(self, data, split, rows, base_dir, image_column, text_column, image_size, num):
+    def __init__(self, data, split, rows, base_dir, image_column, text_column, image_size, num, layout_column=None):
         super().__init__(data, split, image_size, num)
         self.fingerprint = f"stream of {data}"  # a stream has no content hash: its name stands for it
         self.rows, self.base_dir, self.image_column, self.text_column = rows, base_dir, image_column, text_column
-        self.columns = (image_column, text_column)
+        self.layout_column = layout_column
+        self.columns = (image_column, text_column, *([layout_column] if layout_column else []))
 
     def _rows(self) -> Iterator[tuple[Texts | None, Any]]:
         rows = self.rows if self.num is None else self.rows.take(self.num)
         for row in rows:
             texts = _texts(row[self.text_column])
-            yield (_row_texts(texts) if texts else None), row[self.image_column]
+            layout = row.get(self.layout_column) if self.layout_column else None
+            yield (_row_texts(texts, layout) if texts else None), row[self.image_column]
 
     def iter_texts(self) -> Iterator[Texts]:
         return (t for t, _ in self._rows() if t is not None)
@@ -446,10 +456,12 @@ def _stable_percent(index: np.ndarray) -> np.ndarray:
     return (z % np.uint64(100)).astype(np.int64)
 
 
-def _row_texts(value: Any) -> Texts:
-    """A row's captions as Texts: the first is the caption target and the passage, all are prompts."""
+def _row_texts(value: Any, layout: Any = None) -> Texts:
+    """A row's captions as Texts: the first is the caption target and the passage, all are prompts;
+    its layout, a non-empty string, or None."""
     texts = _texts(value)
-    return Texts(caption=texts[0], prompts=texts, passage=texts[0])
+    layout = layout.strip() if isinstance(layout, str) and layout.strip() else None
+    return Texts(caption=texts[0], prompts=texts, passage=texts[0], layout=layout)
 
 
 def _texts(value: Any) -> list[str]:
