@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from conftest import run_script, ugen_cli
-from ugen.api import GENERATE_DEFAULTS, PLAN_PARAMS, load
+from ugen.api import GENERATE_DEFAULTS, load
 from ugen.model import read_meta
+from ugen.sampling import SamplingParams
 from ugen.sequences import plan_prompt
 
 
@@ -20,7 +21,7 @@ def test_a_planning_model_writes_its_plan_then_draws_from_it(tiny_plan_model_dir
     assert codes.shape == (3, model.image_len)
     # The plan is what the engine draws after <plan> from the same generator (the images' noise comes after).
     v = model.vocab
-    expected = model.engine.generate([plan_prompt(v, caption)] * 3, params=PLAN_PARAMS, allow_images=True,
+    expected = model.engine.generate([plan_prompt(v, caption)] * 3, params=SamplingParams(GENERATE_DEFAULTS.plan_temperature), allow_images=True,
                                      stop_ids=(v.boi, v.eos), generator=torch.Generator().manual_seed(5),
                                      max_new_tokens=len(prompts[0]))  # more than enough room
     for prompt, drawn in zip(prompts, expected):

@@ -35,10 +35,6 @@ GREEDY = SamplingParams(temperature=0.0)
 # The text of a text with images inside it (`UGen.write`; its images are drawn as `generate` draws):
 # sampled, so that the model writes scenes of its own after the prompt's.
 WRITE_DEFAULTS = SamplingParams(temperature=1.0)
-# A plan (models pretrained with --plan) is sampled as it was trained, at temperature 1, with no
-# guidance: its counts and places are what the prompt leaves open, and drawing them from the
-# model's own distribution keeps the layouts as varied as the training scenes.
-PLAN_PARAMS = SamplingParams(temperature=1.0)
 PLAN_TOKENS = 96  # the longest plan (five objects take about 40 pieces); <boi> is forced after it
 ROWS_PER_CALL = 128  # sequences decoded together; bounds memory on long prompt lists
 
@@ -131,11 +127,12 @@ class UGen:
         with --plan."""
         return bool(self.meta.get("plan")) and "<plan>" in self.vocab.specials
 
-    def draw_plans(self, captions: Sequence[list[int]],
+    def draw_plans(self, captions: Sequence[list[int]], params: SamplingParams,
                    generator: torch.Generator | Sequence[torch.Generator]) -> list[list[int] | None]:
-        """The plan the model writes for each caption (text-piece ids; `PLAN_PARAMS`), up to the
-        <boi> that ends it; None for an empty caption (the unconditional prompt has no plan) or a
-        model that does not plan."""
+        """The plan the model writes for each caption (text-piece ids, at `params.plan_temperature`
+        with no guidance: its counts and places are what the prompt leaves open), up to the <boi>
+        that ends it; None for an empty caption (the unconditional prompt has no plan) or a model
+        that does not plan."""
         planned = [i for i, c in enumerate(captions) if self.plans and c]
         plans: list[list[int] | None] = [None] * len(captions)
         if not planned:
@@ -143,7 +140,7 @@ class UGen:
         prompts = [plan_prompt(self.vocab, captions[i]) for i in planned]
         room = self.max_len - self.image_len - 2 - max(len(p) for p in prompts)  # <boi> codes <eoi> must fit
         gens = generator if isinstance(generator, torch.Generator) else [generator[i] for i in planned]
-        rows = self.run(prompts, PLAN_PARAMS, gens, allow_images=True, stop_ids=(self.vocab.boi, self.vocab.eos),
+        rows = self.run(prompts, SamplingParams(temperature=params.plan_temperature), gens, allow_images=True, stop_ids=(self.vocab.boi, self.vocab.eos),
                         max_new_tokens=max(1, min(PLAN_TOKENS, room)))
         for i, row in zip(planned, rows):
             plans[i] = self.vocab.to_text(row)  # the stop (<boi> or <eos>) left out
@@ -165,7 +162,7 @@ class UGen:
         the (N, grid*grid) codes. A model that plans first writes each caption's plan
         (`draw_plans`), which then ends its prompt (`plan_of` reads it back); the guidance is
         against the unconditional prompt either way, as training dropped caption and plan together."""
-        plans = self.draw_plans(captions, generator)
+        plans = self.draw_plans(captions, params, generator)
         prompts = [t2i_prompt(self.vocab, c, plan) for c, plan in zip(captions, plans)]
         uncond = [t2i_prompt(self.vocab, None)] * len(prompts)
         rows = self.run(prompts, params, generator, uncond_prompts=uncond, max_new_tokens=self.image_len + 1,

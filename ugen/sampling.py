@@ -35,10 +35,13 @@ class SamplingParams:
     top_k: int = 0  # 0 keeps all
     top_p: float = 1.0  # 1 keeps all
     cfg: float = 1.0  # guidance scale; used when unconditional prompts are given
+    # A drawing's plan (a model pretrained with --plan writes the layout before the image): its
+    # temperature, no top-k/top-p, no guidance (`UGen.draw_plans`).
+    plan_temperature: float = 1.0
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature < 0 or self.plan_temperature < 0:
+            raise ValueError(f"temperatures must be >= 0, got {self.temperature} and {self.plan_temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
