@@ -119,10 +119,11 @@ def tiny_model_dir(tiny_run) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_plan_model_dir(tiny_run) -> Path:
-    """A model pretrained with --plan (it writes a scene's layout before it draws) on tiny_run's tokenizers."""
+    """A model pretrained with --plan (it writes a scene's layout before it draws) and --row-ends
+    (each row of image codes ends with <eol>) on tiny_run's tokenizers."""
     run = tiny_run / "plan"
     run_script("train/pretrain.py", "--run-dir", str(run), "--vq", str(tiny_run / "vq"),
-               "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--plan", "--steps", "6", "--batch-tokens",
+               "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--plan", "--row-ends", "--steps", "6", "--batch-tokens",
                "512", "--warmup", "2", "--text-only-steps", "2", "--eval-every", "3", *TINY_DATA, "--wandb", "disabled")
     return run / "model"
 

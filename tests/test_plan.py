@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import run_script, ugen_cli
-from ugen.api import GENERATE_DEFAULTS, load
+from ugen.api import GENERATE_DEFAULTS, PLAN_TOKENS, load
 from ugen.model import read_meta
 from ugen.sampling import SamplingParams
 from ugen.sequences import plan_prompt
@@ -19,11 +19,15 @@ def test_a_planning_model_writes_its_plan_then_draws_from_it(tiny_plan_model_dir
     caption = model.text_ids("two red circles", "prompt")
     prompts, rows, codes = model.draw_codes([caption] * 3, GENERATE_DEFAULTS, torch.Generator().manual_seed(5))
     assert codes.shape == (3, model.image_len)
-    # The plan is what the engine draws after <plan> from the same generator (the images' noise comes after).
+    grid, eol = model.image_tokenizer.grid, model.vocab.special("<eol>")
+    assert all(row.count(eol) == grid and row[grid] == eol and row[-1] == model.vocab.eoi for row in rows)  # row ends
+    # The plan is what the engine draws after <plan> from the same generator (the images' noise comes
+    # after), as long as the row leaves room for: <boi>, the image's span and <eoi> must still fit.
     v = model.vocab
-    expected = model.engine.generate([plan_prompt(v, caption)] * 3, params=SamplingParams(GENERATE_DEFAULTS.plan_temperature), allow_images=True,
-                                     stop_ids=(v.boi, v.eos), generator=torch.Generator().manual_seed(5),
-                                     max_new_tokens=len(prompts[0]))  # more than enough room
+    room = min(PLAN_TOKENS, model.max_len - model.span_len - 2 - len(plan_prompt(v, caption)))
+    expected = model.engine.generate([plan_prompt(v, caption)] * 3, params=SamplingParams(GENERATE_DEFAULTS.plan_temperature),
+                                     allow_images=True, stop_ids=(v.boi, v.eos), generator=torch.Generator().manual_seed(5),
+                                     max_new_tokens=room)
     for prompt, drawn in zip(prompts, expected):
         plan = v.to_text(drawn)
         assert prompt == [*plan_prompt(v, caption), *v.from_text(plan), v.boi]

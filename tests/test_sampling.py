@@ -239,3 +239,30 @@ def test_filter_logits_keeps_top_k_and_nucleus():
     assert torch.isfinite(filter_logits(logits, 2, 1.0)).tolist() == [[True, True, False, False]]
     assert torch.isfinite(filter_logits(logits, 0, 0.7)).tolist() == [[True, True, False, False]]
     assert torch.isfinite(filter_logits(logits, 0, 0.5)).tolist() == [[True, False, False, False]]
+
+
+ROWS_V = Vocab(num_text=40, num_image=64, row_length=GRID)
+
+
+def test_row_ends_fill_each_row_then_end_it():
+    """With row ends every image is GRID rows of GRID codes, each followed by <eol>, then <eoi>:
+    from a bare <boi>, from inside a row, and from just after a row's end; the caches agree."""
+    torch.manual_seed(0)
+    model = build_model("tiny", ROWS_V, 64, torch.device("cpu")).eval()
+    engine = Engine(model, ROWS_V, GRID)
+    eol, codes = ROWS_V.special("<eol>"), ROWS_V.image_span(range(GRID * GRID))
+    assert codes[GRID] == eol and len(codes) == ROWS_V.span_length(GRID * GRID) == GRID * (GRID + 1)
+    starts = [t2i_prompt(ROWS_V, [3]), t2i_prompt(ROWS_V, [3]) + codes[:2], t2i_prompt(ROWS_V, [4]) + codes[: GRID + 1]]
+    uncond = [t2i_prompt(ROWS_V, None)] * len(starts)
+    for params in (SamplingParams(temperature=0, cfg=2.0), SamplingParams(temperature=1.3, cfg=1.0)):
+        drawn = {cache: engine.generate(starts, max_new_tokens=len(codes) + 1, params=params, uncond_prompts=uncond,
+                                        stop_ids=(ROWS_V.eoi,), cache=cache, generator=torch.Generator().manual_seed(4))
+                 for cache in CACHES}
+        assert drawn["static"] == drawn["dynamic"] == drawn["none"]
+        for start, row in zip(starts, drawn["static"]):
+            span = start[start.index(ROWS_V.boi) + 1 :] + row
+            assert span[-1] == ROWS_V.eoi and len(span) == len(codes) + 1
+            for r in range(GRID):
+                line = span[r * (GRID + 1) : (r + 1) * (GRID + 1)]
+                assert all(t >= ROWS_V.image_start for t in line[:-1]) and line[-1] == eol, span
+    assert Vocab.from_dict(ROWS_V.to_dict()) == ROWS_V and Vocab.from_dict({**V.to_dict()}).row_length == 0

@@ -28,6 +28,7 @@ and weights, its image rows reset to the mean of its text rows (UGen's setting, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import time
@@ -100,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--max-len", type=int, default=None,
                        help=f"longest row in tokens, texts clipped to fit, and the length rows are packed into "
                             f"(default: the image's codes + {TEXT_ROOM}, 128 for Shapes' 6x6 codes)")
+    model.add_argument("--row-ends", action=argparse.BooleanOptionalAction, default=False,
+                       help="end each row of an image's codes with <eol> (as Emu3 and Lumina-mGPT do): the "
+                            "transformer sees the rows of the code grid, for one more token per row")
     model.add_argument("--image-init", choices=["pixels", "random"], default="pixels",
                        help="a --preset model's image-code rows (embedding and output): a random projection of "
                             "what each code decodes to, so codes that look alike start alike (pixels), or plain "
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # -- tokenizers, data, codes ------------------------------------------------------------
     image_tokenizer = ImageTokenizer.load(args.vq or run / "vq", device=device)
-    image_len = image_tokenizer.grid**2
+    grid = image_tokenizer.grid
+    image_len = grid**2 + (grid if args.row_ends else 0)  # an image's tokens: its codes, and a row end after each row
     args.max_len = args.max_len or image_len + TEXT_ROOM
     text = load_text_tokenizer(args.text_tokenizer or args.init_from or run / "text" / "text.model")
     text_lm = None  # a text-only ugen model to start from: its vocabulary comes with it
@@ -234,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
         vocab = lm_vocab(args.init_from, text, image_tokenizer.num_codes, args.max_len)
     else:
         vocab = Vocab(num_text=text.size, num_image=image_tokenizer.num_codes)
+    if args.row_ends and "<eol>" not in vocab.specials:
+        raise UserError(f"--row-ends: the vocabulary of --init-from {args.init_from} has no <eol> token")
+    vocab = dataclasses.replace(vocab, row_length=grid if args.row_ends else 0)
     max_text = args.max_len - image_len - 8
     if max_text < 8:
         raise UserError(f"--max-len {args.max_len} leaves no room for text beside {image_len} image codes")
@@ -370,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         save_model_dir(
             out, whole,
             {"vocab": vocab.to_dict(), "schedule": schedule.to_dict(), "image_size": args.image_size,
-             "grid": int(np.sqrt(image_len)), "max_len": args.max_len, "step": step, "plan": args.plan,
+             "grid": grid, "max_len": args.max_len, "step": step, "plan": args.plan,
              "pretrain": config},
             args.vq or run / "vq", text,
         )

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.streaming:
         raise UserError("--streaming: RL reads each drawn image's original by its row, which a stream cannot give")
-    max_text = meta["max_len"] - policy.image_tokenizer.grid ** 2 - 8  # as pretraining clipped them: one cache serves both
+    max_text = meta["max_len"] - policy.span_len - 8  # as pretraining clipped them: one cache serves both
     source, cache = split_codes(args, "train", policy.image_tokenizer, run / "cache", policy.text, max_text)
     if len(cache) < args.images_per_step:
         raise UserError(f"--images-per-step {args.images_per_step} is more than the {len(cache)} training images")

@@ -78,7 +78,8 @@ class UGen:
         self.model = load_transformer(directory, self.device, dtype)
         self.engine = Engine(self.model, self.vocab, self.image_tokenizer.grid, active_image=trained_codes(self.meta))
         self.image_size = self.image_tokenizer.config.image_size
-        self.image_len = self.image_tokenizer.grid**2
+        self.image_len = self.image_tokenizer.grid**2  # codes of an image
+        self.span_len = self.vocab.span_length(self.image_len)  # its tokens between <boi> and <eoi> (row ends too)
         self.max_len = self.meta.get("max_len", self.model.config.max_position_embeddings)  # the trained length
         self.directory = directory
 
@@ -138,7 +139,7 @@ class UGen:
         if not planned:
             return plans
         prompts = [plan_prompt(self.vocab, captions[i]) for i in planned]
-        room = self.max_len - self.image_len - 2 - max(len(p) for p in prompts)  # <boi> codes <eoi> must fit
+        room = self.max_len - self.span_len - 2 - max(len(p) for p in prompts)  # <boi> codes <eoi> must fit
         gens = generator if isinstance(generator, torch.Generator) else [generator[i] for i in planned]
         rows = self.run(prompts, SamplingParams(temperature=params.plan_temperature), gens, allow_images=True, stop_ids=(self.vocab.boi, self.vocab.eos),
                         max_new_tokens=max(1, min(PLAN_TOKENS, room)))
@@ -165,7 +166,7 @@ class UGen:
         plans = self.draw_plans(captions, params, generator)
         prompts = [t2i_prompt(self.vocab, c, plan) for c, plan in zip(captions, plans)]
         uncond = [t2i_prompt(self.vocab, None)] * len(prompts)
-        rows = self.run(prompts, params, generator, uncond_prompts=uncond, max_new_tokens=self.image_len + 1,
+        rows = self.run(prompts, params, generator, uncond_prompts=uncond, max_new_tokens=self.span_len + 1,
                          stop_ids=(self.vocab.eoi,))
         return prompts, rows, np.array([self.vocab.to_codes(r)[: self.image_len] for r in rows], dtype=np.int64)
 
@@ -228,7 +229,7 @@ class UGen:
                 parts.append(np.array(v.to_codes(codes)) if len(codes) == self.image_len else "")
                 codes = None
             elif codes is not None:
-                codes.append(t)
+                codes += [t] if t >= v.image_start else []  # a row end is no code
             else:
                 text.append(t)
         parts.append(self.decode_text(text))
@@ -278,7 +279,7 @@ class UGen:
             gens = generator if generators is None else [generators[i] for i in opened]
             uncond = [t2i_prompt(self.vocab, None)] * len(opened)
             drawn = self.run([rows[i] + new[i] for i in opened], image_params, gens, uncond_prompts=uncond,
-                             max_new_tokens=self.image_len + 1, stop_ids=(self.vocab.eoi,))
+                             max_new_tokens=self.span_len + 1, stop_ids=(self.vocab.eoi,))
             for i, ids in zip(opened, drawn):
                 new[i] += ids[: budgets[i] - len(new[i])]
             writing = [i for i in opened if len(new[i]) < budgets[i]]

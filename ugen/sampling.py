@@ -115,7 +115,8 @@ class Engine:
         # transformers renamed the forward's `past_key_values` to `cache` (the old name warns on
         # every call and is removed in 5.40); older releases only know the old one
         self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.image_len = grid * grid
+        self.image_len, self.grid = grid * grid, grid  # codes of an image; its rows, each ended by <eol> with row ends
+        self.row_ends = vocab.row_length > 0
         self.device = next(model.parameters()).device
         v = vocab
         if active_image is not None and tuple(active_image.shape) != (v.num_image,):
@@ -132,6 +133,8 @@ class Engine:
         # Text may open an image only when there are image ids to fill it with.
         self.allowed_text_or_image = text.clone().index_fill_(0, torch.tensor([v.boi]), self.draws_images).to(self.device)
         self.allowed_eoi = (torch.arange(v.size) == v.eoi).to(self.device)  # an image span is full
+        self.eol = v.special("<eol>") if self.row_ends else -1
+        self.allowed_eol = (torch.arange(v.size) == self.eol).to(self.device)  # a row of codes is full
         # SDPA takes a ready 4D boolean mask as is, which spares transformers building one from the
         # 2D padding mask each step (~0.15 ms a step on the CPU); flash-attn unpads by the 2D mask,
         # eager attention wants an additive one and sliding-window layers their own, so they get
@@ -145,16 +148,17 @@ class Engine:
         self._compiled_tokens = None  # built at the first compiled step
         self._static_caches: dict[tuple[int, int], StaticCache] = {}  # compiled path: one per shape bucket
 
-    def _image_state(self, prompt: list[int]) -> tuple[bool, int]:
-        """Whether a prompt ends inside an image span, and how many codes that span already has."""
+    def _image_state(self, prompt: list[int]) -> tuple[bool, int, int]:
+        """Whether a prompt ends inside an image span, and how many codes and row ends that span
+        already has."""
         v = self.vocab
         if v.boi not in prompt:
-            return False, 0
+            return False, 0, 0
         last_boi = len(prompt) - 1 - prompt[::-1].index(v.boi)
         tail = prompt[last_boi + 1 :]
         if v.eoi in tail:
-            return False, 0
-        return True, sum(t >= v.image_start for t in tail)
+            return False, 0, 0
+        return True, sum(t >= v.image_start for t in tail), sum(t == self.eol for t in tail)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  kv: StaticCache | DynamicCache | None, slots: torch.Tensor) -> torch.Tensor:
@@ -167,13 +171,13 @@ class Engine:
     def _next_tokens(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                      kv: StaticCache | DynamicCache | None, slots: torch.Tensor, partner: torch.Tensor | None,
                      cfg: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor | None,
-                     in_image: torch.Tensor, n_codes: torch.Tensor, text_allowed: torch.Tensor, top_k: int,
-                     top_p: float) -> torch.Tensor:
+                     in_image: torch.Tensor, n_codes: torch.Tensor, n_eols: torch.Tensor, text_allowed: torch.Tensor,
+                     top_k: int, top_p: float) -> torch.Tensor:
         """One step from the model's inputs to the token drawn for every row (R,).
 
         A conditional row r is mixed with its unconditional row partner[r] (no partner: no CFG),
         and every row is masked by the modality state of the prompt it is fed (`in_image`, `n_codes`,
-        (R,)), so that all shapes are the bucket's whatever the number of prompts: the compiled step
+        `n_eols`, (R,): with row ends, a full row of codes is followed by <eol>), so that all shapes are the bucket's whatever the number of prompts: the compiled step
         covers this whole function, not the forward alone. The caller keeps the conditional rows.
         `cfg` and `temperature` are 0-d tensors, so that a new value is not a new compile.
 
@@ -187,7 +191,13 @@ class Engine:
             uncond = logits[partner]
             logits = uncond + cfg * (logits - uncond)
         allowed = torch.where(in_image[:, None], self.allowed_image, text_allowed)  # (R, V)
-        allowed = torch.where((in_image & (n_codes >= self.image_len))[:, None], self.allowed_eoi, allowed)
+        if self.row_ends:
+            row_full = in_image & (n_codes >= (n_eols + 1) * self.grid)
+            allowed = torch.where(row_full[:, None], self.allowed_eol, allowed)
+            full = in_image & (n_eols >= self.grid)
+        else:
+            full = in_image & (n_codes >= self.image_len)
+        allowed = torch.where(full[:, None], self.allowed_eoi, allowed)
         logits = logits.masked_fill(~allowed, float("-inf"))
         if noise is None:
             return logits.argmax(-1)
@@ -286,12 +296,13 @@ class Engine:
         out = torch.full((n, max_new_tokens), v.pad, dtype=torch.long, device=self.device)
 
         state = [self._image_state(p) for p in prompts]
-        if not self.draws_images and any(inside and codes < self.image_len for inside, codes in state):
+        if not self.draws_images and any(inside and codes < self.image_len for inside, codes, _ in state):
             raise UserError("this model has no active image ids (saved before its vocabulary schedule switched any on): "
                             "it cannot draw images")
         # Per row (R,): the modality state of the prompt whose tokens the row is fed (see `source`).
         in_image = torch.tensor([s[0] for s in state], device=self.device)[source]
         n_codes = torch.tensor([s[1] for s in state], device=self.device)[source]
+        n_eols = torch.tensor([s[2] for s in state], device=self.device)[source]
         # A conditional row's unconditional row; fillers and unconditional rows pair with themselves.
         partner = (torch.cat([torch.arange(n) + n, torch.arange(n, n_rows)]).to(self.device) if guided else None)
         cfg = torch.tensor(params.cfg, device=self.device)
@@ -304,8 +315,9 @@ class Engine:
         text_allowed = self.allowed_text_or_image if allow_images else self.allowed_text
         # Every row inside an image span and stopping at <eoi>: each draws its missing codes, then
         # <eoi>, so the number of steps is known and no step waits on the device to ask if all are done.
-        if all(inside for inside, _ in state) and v.eoi in stop_ids:
-            n_steps = min(max_new_tokens, max(max(self.image_len - codes, 0) for _, codes in state) + 1)
+        if all(inside for inside, _, _ in state) and v.eoi in stop_ids:
+            span = v.span_length(self.image_len)
+            n_steps = min(max_new_tokens, max(max(span - codes - eols, 0) for _, codes, eols in state) + 1)
             ask_done = False
         else:
             n_steps, ask_done = max_new_tokens, True
@@ -331,7 +343,7 @@ class Engine:
                     if not block_done.get(start, False):
                         noise[start:stop].exponential_(generator=rows_generator)
             token = next_tokens(step_ids, step_pos, mask, kv, slots, partner, cfg, temperature, noise, in_image,
-                                n_codes, text_allowed, params.top_k, params.top_p)[:n]  # (B,)
+                                n_codes, n_eols, text_allowed, params.top_k, params.top_p)[:n]  # (B,)
             token = torch.where(done, torch.full_like(token, v.pad), token)
             out[:, step] = token
             steps = step + 1
@@ -346,8 +358,9 @@ class Engine:
                 block_done = {start: all(finished[start:stop]) for start, stop, _ in noise_blocks}
 
             new = token[source]  # (R,)
-            in_image, n_codes = (in_image | (new == v.boi)) & (new != v.eoi), torch.where(
-                new == v.boi, 0, n_codes + (in_image & (new >= v.image_start)).long())
+            n_codes = torch.where(new == v.boi, 0, n_codes + (in_image & (new >= v.image_start)).long())
+            n_eols = torch.where(new == v.boi, 0, n_eols + (in_image & (new == self.eol)).long())
+            in_image = (in_image | (new == v.boi)) & (new != v.eoi)
             seen[:, length + step] = True  # the slot `new` is written to
             slots = slots[-1:] + 1
             if kv is not None:

@@ -53,7 +53,7 @@ def text_qa_row(vocab: Vocab, passage: list[int], question: list[int], answer: l
 
 
 def caption_prompt(vocab: Vocab, codes) -> list[int]:
-    return [vocab.bos, vocab.boi, *vocab.from_codes(codes), vocab.eoi, vocab.caption]
+    return [vocab.bos, vocab.boi, *vocab.image_span(codes), vocab.eoi, vocab.caption]
 
 
 def caption_row(vocab: Vocab, codes, caption: list[int]) -> Row:
@@ -62,7 +62,7 @@ def caption_row(vocab: Vocab, codes, caption: list[int]) -> Row:
 
 
 def vqa_prompt(vocab: Vocab, codes, question: list[int]) -> list[int]:
-    return [vocab.bos, vocab.boi, *vocab.from_codes(codes), vocab.eoi, *vocab.from_text(question), vocab.answer]
+    return [vocab.bos, vocab.boi, *vocab.image_span(codes), vocab.eoi, *vocab.from_text(question), vocab.answer]
 
 
 def vqa_row(vocab: Vocab, codes, question: list[int], answer: list[int]) -> Row:
@@ -87,7 +87,7 @@ def t2i_row(vocab: Vocab, caption: list[int] | None, codes, plan: list[int] | No
     """The loss covers the image and, with a plan, the plan and the <boi> that ends it."""
     prompt = t2i_prompt(vocab, caption, plan)
     loss_from = len(plan_prompt(vocab, caption or [])) - 1 if plan is not None else len(prompt) - 1
-    return Row([*prompt, *vocab.from_codes(codes), vocab.eoi, vocab.eos], loss_from, "t2i")
+    return Row([*prompt, *vocab.image_span(codes), vocab.eoi, vocab.eos], loss_from, "t2i")
 
 
 def interleaved_row(vocab: Vocab, scenes: Sequence[tuple[list[int], Sequence[int]]]) -> Row:
@@ -95,7 +95,7 @@ def interleaved_row(vocab: Vocab, scenes: Sequence[tuple[list[int], Sequence[int
     trained on, text and images alike."""
     ids = [vocab.bos]
     for caption, codes in scenes:
-        ids += [*vocab.from_text(caption), vocab.boi, *vocab.from_codes(codes), vocab.eoi]
+        ids += [*vocab.from_text(caption), vocab.boi, *vocab.image_span(codes), vocab.eoi]
     return Row([*ids, vocab.eos], 0, "interleaved")
 
 

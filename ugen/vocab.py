@@ -26,6 +26,7 @@ SPECIALS = (
     "<answer>",  # task marker: the answer to the question before it follows
     "<gen>",  # task marker: caption -> image
     "<plan>",  # after a generation prompt: the scene's layout as text follows, then the image
+    "<eol>",  # ends each row of image codes in a model trained with row ends (`Vocab.row_length`)
 )
 
 
@@ -38,12 +39,17 @@ class Vocab:
     # Text-tokenizer ids that sampling never draws: a pretrained LM's own specials (its eos, pad,
     # chat markers), which ugen's specials replace, and its embedding rows no tokenizer id reaches.
     never_emitted: tuple[int, ...] = ()
+    # Codes per row of an image when every row ends with <eol> (Emu3's and Lumina-mGPT's row-end
+    # tokens: the transformer sees where each row of the code grid ends); 0: codes alone.
+    row_length: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "specials", tuple(self.specials))
         object.__setattr__(self, "never_emitted", tuple(int(i) for i in self.never_emitted))
         if any(not 0 <= i < self.num_text for i in self.never_emitted):
             raise ValueError(f"never_emitted ids must be text ids in [0, {self.num_text})")
+        if self.row_length < 0 or (self.row_length and "<eol>" not in self.specials):
+            raise ValueError(f"row_length {self.row_length} needs a vocabulary with <eol> and must be >= 0")
 
     # -- ranges -------------------------------------------------------------------------------
     @property
@@ -89,6 +95,21 @@ class Vocab:
     def from_codes(self, codes) -> list[int]:
         return [self.image_start + int(c) for c in codes]
 
+    def image_span(self, codes) -> list[int]:
+        """An image's tokens between <boi> and <eoi>: its code ids, each row followed by <eol> when
+        the model has row ends."""
+        ids = self.from_codes(codes)
+        if not self.row_length:
+            return ids
+        if len(ids) % self.row_length:
+            raise ValueError(f"{len(ids)} codes do not make rows of {self.row_length}")
+        eol = self.special("<eol>")
+        return [t for row in range(0, len(ids), self.row_length) for t in (*ids[row : row + self.row_length], eol)]
+
+    def span_length(self, codes: int) -> int:
+        """Tokens between <boi> and <eoi> for an image of `codes` codes."""
+        return codes + (codes // self.row_length if self.row_length else 0)
+
     def to_codes(self, ids: list[int]) -> list[int]:
         return [i - self.image_start for i in ids if i >= self.image_start]
 
@@ -106,6 +127,7 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocab":
-        """Directories written before the text-first layout existed have neither of its fields."""
+        """Directories written before the text-first layout (or row ends) existed lack their fields."""
         return cls(num_text=d["num_text"], num_image=d["num_image"], specials=tuple(d["specials"]),
-                   text_first=d.get("text_first", False), never_emitted=tuple(d.get("never_emitted", ())))
+                   text_first=d.get("text_first", False), never_emitted=tuple(d.get("never_emitted", ())),
+                   row_length=d.get("row_length", 0))

@@ -151,7 +151,7 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
             raise UserError(f"{upload.filename or 'the upload'}: not an image PIL can read") from None
         tokens = ANSWER_TOKENS if kind == "ask" else CAPTION_TOKENS
         if kind == "ask":
-            check_length(question, "question", tokens + model.image_len)
+            check_length(question, "question", tokens + model.span_len)
         return Task(kind, params, seed, question, read_image(image, model.image_size), max_new_tokens=tokens)
 
     def sampling(temperature: float, top_k: int, top_p: float, cfg: float = 1.0) -> SamplingParams:
@@ -206,7 +206,7 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
     @app.post("/generate")
     async def generate(body: GenerateBody):
         started = time.perf_counter()
-        check_length(body.prompt, "prompt", model.image_len + 1)
+        check_length(body.prompt, "prompt", model.span_len + 1)
         task = Task("generate", sampling(body.temperature, body.top_k, body.top_p, body.cfg), body.seed, body.prompt,
                     num=body.num)
         (images, plans), meta = await serve(task, started)
