@@ -37,7 +37,7 @@ BORDER = 2.0  # px between an object's box and the image edge
 GAP = 4.0  # px between two objects' boxes (along x or y)
 RELATION_MARGIN = 6.0  # px: "a left of b" when a's centre is this much left of b's
 REGION_MARGIN = 3.0  # px: a centre this close to a third's boundary has no region name
-NUM_OBJECTS_WEIGHTS = {1: 0.2, 2: 0.2, 3: 0.2, 4: 0.2, 5: 0.2}  # every count as often (counting)
+NUM_OBJECTS_WEIGHTS = {1: 0.35, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.05}
 GROUP_SHARE = 0.3  # scenes built around 2–4 objects of one shape (counting needs them)
 SPLITS = ("train", "validation", "test")
 

@@ -104,43 +104,13 @@ def relation_caption(scene: Scene, rng: random.Random) -> str | None:
     return text + "".join(f" and {name(o)}" for o in rest)
 
 
-def partial_prompts(scene: Scene, rng: random.Random) -> list[str]:
-    """Prompts that ask for part of the scene, as a person (and GenEval) asks for a picture: one
-    object, with or without its color and size ('a square', 'a small red circle'); two objects of
-    different shapes, each with or without its color ('a red circle and a square'); the count of a
-    shape the scene holds two or more of, with the color when they all share it ('three
-    triangles', 'two green squares': the count is every object of that shape); two objects in a
-    clear relation ('a red circle to the left of a blue square'). Every one is true of the scene;
-    the rest of the scene is left for the model to choose (its plan, with --plan, says what)."""
-    objects = list(scene.objects)
-
-    def name(o: ShapeObject, color: bool, size: bool = False) -> str:
-        return _count_phrase(1, " ".join(w for w, keep in ((o.size, size), (o.color, color), (o.shape, True)) if keep), "")
-
-    one = rng.choice(objects)
-    prompts = [name(one, color=rng.random() < 0.6, size=rng.random() < 0.3)]
-    a, b = rng.sample(objects, 2) if len(objects) > 1 else (one, one)
-    if a.shape != b.shape:
-        prompts.append(f"{name(a, rng.random() < 0.6)} and {name(b, rng.random() < 0.6)}")
-    counts = Counter(o.shape for o in objects)
-    if shapes := [shape for shape, n in counts.items() if n > 1]:
-        shape = rng.choice(shapes)
-        colors = {o.color for o in objects if o.shape == shape}
-        color = f"{next(iter(colors))} " if len(colors) == 1 and rng.random() < 0.6 else ""
-        prompts.append(f"{NUMBER_WORDS[counts[shape]]} {color}{_plural(shape)}")
-    if a is not b and (words := _clear_relations(a, b)):
-        prompts.append(f"{name(a, True)} {rng.choice(words)} {name(b, True)}")
-    return prompts
-
-
 def captions(scene: Scene, rng: random.Random) -> tuple[str, list[str]]:
     """The caption-task target and the text-to-image prompts of a scene, in varied phrasings.
 
     The target names every object with its color and shape (what caption scores check), phrased
     one of several ways: with sizes and places, grouped with counts, with a count first ('three
     shapes: ...'), or by a relation. The prompts hold the same and shorter ways of asking for the
-    scene: without colors ('two circles and a triangle'), with sizes, by relation, and prompts
-    for part of it (`partial_prompts`).
+    scene: without colors ('two circles and a triangle'), with sizes, by relation.
     """
     n = len(scene.objects)
     things = rng.choice(["objects", "shapes"])
@@ -152,8 +122,7 @@ def captions(scene: Scene, rng: random.Random) -> tuple[str, list[str]]:
         complete.append(relation)
     target = rng.choice(complete)
     prompts = list(dict.fromkeys([target, short_caption(scene), long_caption(scene),
-                                  _grouped(scene.objects, color=False), *([relation] if relation else []),
-                                  *partial_prompts(scene, rng)]))
+                                  _grouped(scene.objects, color=False), *([relation] if relation else [])]))
     return target, prompts
 
 
