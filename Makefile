@@ -3,12 +3,20 @@
 # metadata.jsonl, parquet, json/jsonl with image paths, or a hub name), with its column names and the
 # resolution to train at (default: 48 for Shapes, 256 otherwise). Each data set gets its own RUN.
 DATA ?= shapes
+# RECIPE: `default`, the 15-minute job on a 2-core CPU, or `long`, the same scripts for at most 2 hours
+# there (9x the steps, into runs/long on Shapes; a checkpoint every 500 steps, so that a stopped run
+# continues with `make pretrain RECIPE=long ARGS=--resume`).
+RECIPE ?= default
+ifeq ($(filter default long,$(RECIPE)),)
+$(error RECIPE must be default or long, not $(RECIPE))
+endif
+RECIPE_ARGS := $(if $(filter long,$(RECIPE)),--steps 14000)
 IMAGE_COLUMN ?= image
 TEXT_COLUMN ?= text
 # A column with each image's layout as text, which pretraining with --plan writes before the image.
 LAYOUT_COLUMN ?=
 IMAGE_SIZE ?=
-RUN ?= $(if $(filter shapes,$(DATA)),runs/default,runs/$(notdir $(abspath $(DATA))))
+RUN ?= $(if $(filter shapes,$(DATA)),runs/$(RECIPE),runs/$(notdir $(abspath $(DATA))))
 DATA_ARGS := --data $(DATA) --image-column $(IMAGE_COLUMN) --text-column $(TEXT_COLUMN) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) \
 	$(if $(LAYOUT_COLUMN),--layout-column $(LAYOUT_COLUMN))
 MODEL ?= $(RUN)/model
@@ -22,7 +30,7 @@ WANDB ?= offline
 # starts (the tokenizers' time included), pretraining stops cleanly (checkpoint + model) if a slow
 # machine has not finished its steps by then, leaving a minute for the final validation and save.
 # `make rl` gets the same budget. 0 turns it off.
-MAX_MINUTES ?= 14
+MAX_MINUTES ?= $(if $(filter long,$(RECIPE)),119,14)
 STARTED := $(shell date +%s)
 PYTHON := .venv/bin/python
 PIP := .venv/bin/pip
@@ -61,7 +69,7 @@ text-tokenizer: $(RUN)/text/text.model
 pretrain: $(RUN)/vq/vq.safetensors $(if $(INIT_FROM),,$(RUN)/text/text.model)
 	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) $(if $(INIT_FROM),--init-from $(INIT_FROM)) \
 		--seed $(SEED) --wandb $(WANDB) $(DATA_ARGS) \
-		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES) --started-at $(STARTED)) $(ARGS)
+		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES) --started-at $(STARTED)) $(RECIPE_ARGS) $(ARGS)
 
 # Unified-GRPO from MODEL into $(RUN)/model-rl (checkpoints, metrics, samples in $(RUN)/rl).
 rl: | .venv/installed

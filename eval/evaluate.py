@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=GENERATE_DEFAULTS.temperature, help="generation temperature")
     parser.add_argument("--top-k", type=int, default=GENERATE_DEFAULTS.top_k, help="generation top-k (0: all)")
     parser.add_argument("--top-p", type=float, default=GENERATE_DEFAULTS.top_p, help="generation top-p")
+    parser.add_argument("--plan-temperature", type=float, default=GENERATE_DEFAULTS.plan_temperature,
+                        help="temperature of the plan a model pretrained with --plan writes before it draws")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", default=None, help="results directory (default: eval/ beside the model, eval-NAME/ for MODEL-NAME)")
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     data_of_model(args, read_meta(args.model))
     shapes = args.data == "shapes"
     model = ugen.load(args.model, pick_device(args.device))
-    params = SamplingParams(args.temperature, args.top_k, args.top_p, args.cfg)
+    params = SamplingParams(args.temperature, args.top_k, args.top_p, args.cfg, args.plan_temperature)
     if shapes:
         examples = make_examples(args.split, args.num_test, seed=0, image_size=model.image_size)
     else:

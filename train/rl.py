@@ -90,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # RL improves the images users draw; no RL setting is chosen on the test split.
     rl.add_argument("--image-temperature", type=float, default=GENERATE_DEFAULTS.temperature, help="stage 2 image sampling")
     rl.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="stage 2 guidance scale")
+    rl.add_argument("--plan-temperature", type=float, default=GENERATE_DEFAULTS.plan_temperature,
+                    help="stage 2: temperature of the plan a model pretrained with --plan writes before it draws")
     rl.add_argument("--short-captions", type=float, default=0.5,
                     help="Shapes: the share of stage 2's images drawn from their short caption instead of the "
                          "model's own, rewarded by named_f1 (color and shape only)")
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
 
     G, B = args.group_size, args.images_per_step
     params = RolloutParams(SamplingParams(args.caption_temperature, 0, args.caption_top_p),
-                           SamplingParams(args.image_temperature, 0, 1.0, args.cfg))
+                           SamplingParams(args.image_temperature, 0, 1.0, args.cfg, args.plan_temperature))
     probe_source, probe_cache = split_codes(args, "validation", policy.image_tokenizer, run / "cache", policy.text, max_text)
     probe_examples = [probe_source.example(row) for row in probe_cache.rows[: args.probe_images]]
     probe_codes = np.asarray(probe_cache.codes[: args.probe_images])

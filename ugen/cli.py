@@ -35,7 +35,8 @@ def _sampling_args(parser: argparse.ArgumentParser, defaults: SamplingParams) ->
 
 def _params(args: argparse.Namespace, cfg: float = 1.0) -> SamplingParams:
     try:
-        return SamplingParams(args.temperature, args.top_k, args.top_p, cfg)
+        plan = getattr(args, "plan_temperature", GENERATE_DEFAULTS.plan_temperature)
+        return SamplingParams(args.temperature, args.top_k, args.top_p, cfg, plan_temperature=plan)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--num", type=int, default=1, help="images to draw")
     sub.add_argument("--cfg", type=float, default=GENERATE_DEFAULTS.cfg, help="classifier-free guidance scale (1: off)")
     sub.add_argument("--upscale", type=int, default=1, help="enlarge the written PNGs by this factor (nearest neighbour)")
+    sub.add_argument("--plan-temperature", type=float, default=GENERATE_DEFAULTS.plan_temperature,
+                     help="temperature of the plan a model pretrained with --plan writes before it draws")
     sub.add_argument("--show-plan", action="store_true",
                      help="print the plan each image was drawn from after its path (a model pretrained with --plan "
                           "writes the scene's layout before it draws)")

@@ -62,6 +62,8 @@ class GenerateBody(BaseModel):
     temperature: float = Field(GENERATE_DEFAULTS.temperature, **TEMPERATURE)
     top_k: int = Field(GENERATE_DEFAULTS.top_k, **TOP_K)
     top_p: float = Field(GENERATE_DEFAULTS.top_p, **TOP_P)
+    plan_temperature: float = Field(GENERATE_DEFAULTS.plan_temperature, **{**TEMPERATURE, "description":
+                                    "temperature of the plan a model pretrained with --plan writes before it draws"})
     seed: int = Field(0, **SEED)
 
 
@@ -154,9 +156,10 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
             check_length(question, "question", tokens + model.span_len)
         return Task(kind, params, seed, question, read_image(image, model.image_size), max_new_tokens=tokens)
 
-    def sampling(temperature: float, top_k: int, top_p: float, cfg: float = 1.0) -> SamplingParams:
+    def sampling(temperature: float, top_k: int, top_p: float, cfg: float = 1.0,
+                 plan_temperature: float = GENERATE_DEFAULTS.plan_temperature) -> SamplingParams:
         try:
-            return SamplingParams(temperature, top_k, top_p, cfg)
+            return SamplingParams(temperature, top_k, top_p, cfg, plan_temperature)
         except ValueError as err:
             raise UserError(str(err)) from None
 
@@ -207,7 +210,8 @@ def create_app(model: UGen | str | os.PathLike, device: str = "auto", max_rows: 
     async def generate(body: GenerateBody):
         started = time.perf_counter()
         check_length(body.prompt, "prompt", model.span_len + 1)
-        task = Task("generate", sampling(body.temperature, body.top_k, body.top_p, body.cfg), body.seed, body.prompt,
+        task = Task("generate", sampling(body.temperature, body.top_k, body.top_p, body.cfg, body.plan_temperature),
+                    body.seed, body.prompt,
                     num=body.num)
         (images, plans), meta = await serve(task, started)
         return {"images": [_png(i) for i in images], "plans": plans, **meta}
