@@ -27,10 +27,11 @@ from ugen.vq import ImageTokenizer, encode_images, to_uint8
 
 ImageLike = Union[str, os.PathLike, PIL.Image.Image, np.ndarray]
 
-# Chosen by eval/sampling_sweep.py on validation prompts (README, "Sampling defaults"): a
-# temperature above 1, because the model spreads an object's first code over every place it may
-# sit and cooler sampling leaves images blank; moderate guidance.
-GENERATE_DEFAULTS = SamplingParams(temperature=1.15, top_k=0, top_p=1.0, cfg=2.0)
+# Chosen by eval/sampling_sweep.py on validation prompts for a model that plans (README, "Sampling
+# defaults"; benchmarks/experiments.md): its greedy plan is the likeliest layout for the prompt,
+# and with the places fixed a cool image follows it (GenEval 0.519 at the old T 1.15 with a plan
+# at 1, 0.883 here). A model without a plan wanted T 1.15: pass it (--temperature 1.15).
+GENERATE_DEFAULTS = SamplingParams(temperature=0.4, top_k=0, top_p=1.0, cfg=2.0, plan_temperature=0.0)
 GREEDY = SamplingParams(temperature=0.0)
 # The text of a text with images inside it (`UGen.write`; its images are drawn as `generate` draws):
 # sampled, so that the model writes scenes of its own after the prompt's.
