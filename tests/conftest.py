@@ -106,9 +106,10 @@ def tiny_run(tmp_path_factory) -> Path:
     run_script("tokenizers/train_vq.py", "--out", str(run / "vq"), "--steps", "20", "--batch-size", "16",
                *TINY_DATA, "--wandb", "disabled")
     run_script("tokenizers/train_text.py", "--out", str(run / "text"), *TINY_DATA)
+    # the progressive schedule (not the default) exercises the most machinery: inactive ids, saved schedules
     run_script("train/pretrain.py", "--run-dir", str(run), "--steps", "6", "--batch-tokens", "512", "--warmup", "2",
                "--text-only-steps", "2", "--eval-every", "3", "--checkpoint-every", "3", *TINY_DATA,
-               "--wandb", "disabled")
+               "--vocab-schedule", "progressive", "--wandb", "disabled")
     return run
 
 
@@ -118,12 +119,12 @@ def tiny_model_dir(tiny_run) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_plan_model_dir(tiny_run) -> Path:
-    """A model pretrained with --plan (it writes a scene's layout before it draws) and --row-ends
-    (each row of image codes ends with <eol>) on tiny_run's tokenizers."""
-    run = tiny_run / "plan"
+def tiny_unplanned_model_dir(tiny_run) -> Path:
+    """A model pretrained without plans (--no-plan: it draws straight from the prompt) and with
+    --row-ends (each row of image codes ends with <eol>) on tiny_run's tokenizers."""
+    run = tiny_run / "unplanned"
     run_script("train/pretrain.py", "--run-dir", str(run), "--vq", str(tiny_run / "vq"),
-               "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--plan", "--row-ends", "--steps", "6", "--batch-tokens",
+               "--text-tokenizer", str(tiny_run / "text" / "text.model"), "--no-plan", "--row-ends", "--steps", "6", "--batch-tokens",
                "512", "--warmup", "2", "--text-only-steps", "2", "--eval-every", "3", *TINY_DATA, "--wandb", "disabled")
     return run / "model"
 

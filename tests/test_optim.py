@@ -101,11 +101,18 @@ def test_warmup_stable_decay_by_hand():
         lr_schedule("linear", 2, 10, 0.1)
 
 
-def test_bf16_autocast_on_the_cpu():
-    """`bf16` runs a matmul in bf16 on the CPU; `auto` leaves the CPU in fp32."""
+def test_bf16_autocast_on_the_cpu(monkeypatch):
+    """`bf16` runs a matmul in bf16 on the CPU, `fp32` does not; `auto` is bf16 only on a CPU
+    with bf16 instructions."""
+    from ugen import training
+
     layer = torch.nn.Linear(8, 8)
     x = torch.randn(2, 8)
     with autocast_context(torch.device("cpu"), "bf16")():
         assert layer(x).dtype == torch.bfloat16
-    with autocast_context(torch.device("cpu"), "auto")():
+    with autocast_context(torch.device("cpu"), "fp32")():
         assert layer(x).dtype == torch.float32
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
+        with autocast_context(torch.device("cpu"), "auto")():
+            assert layer(x).dtype == dtype

@@ -13,14 +13,13 @@ from ugen.sampling import SamplingParams
 from ugen.sequences import plan_prompt
 
 
-def test_a_planning_model_writes_its_plan_then_draws_from_it(tiny_plan_model_dir):
-    model = load(tiny_plan_model_dir)
-    assert model.plans and read_meta(tiny_plan_model_dir)["plan"] is True
+def test_a_planning_model_writes_its_plan_then_draws_from_it(tiny_model_dir):
+    """Shapes has layouts, so pretraining plans by default."""
+    model = load(tiny_model_dir)
+    assert model.plans and read_meta(tiny_model_dir)["plan"] is True
     caption = model.text_ids("two red circles", "prompt")
     prompts, rows, codes = model.draw_codes([caption] * 3, GENERATE_DEFAULTS, torch.Generator().manual_seed(5))
     assert codes.shape == (3, model.image_len)
-    grid, eol = model.image_tokenizer.grid, model.vocab.special("<eol>")
-    assert all(row.count(eol) == grid and row[grid] == eol and row[-1] == model.vocab.eoi for row in rows)  # row ends
     # The plan is what the engine draws after <plan> from the same generator (the images' noise comes
     # after), as long as the row leaves room for: <boi>, the image's span and <eoi> must still fit.
     v = model.vocab
@@ -38,19 +37,23 @@ def test_a_planning_model_writes_its_plan_then_draws_from_it(tiny_plan_model_dir
     assert [i.tobytes() for i in images] == [i.tobytes() for i in model.generate("two red circles", 3, seed=5)]
 
 
-def test_a_model_without_plans_draws_as_before(tiny_model_dir):
-    model = load(tiny_model_dir)
-    assert not model.plans
-    prompts, _, _ = model.draw_codes([model.text_ids("a red circle", "prompt")], GENERATE_DEFAULTS, torch.Generator())
+def test_a_model_without_plans_draws_as_before_here_with_row_ends(tiny_unplanned_model_dir):
+    model = load(tiny_unplanned_model_dir)
+    assert not model.plans and model.vocab.row_length == model.image_tokenizer.grid
+    prompts, rows, codes = model.draw_codes([model.text_ids("a red circle", "prompt")] * 2, GENERATE_DEFAULTS,
+                                            torch.Generator())
     assert prompts[0][-1] == model.vocab.boi and model.plan_of(prompts[0]) is None
+    grid, eol = model.image_tokenizer.grid, model.vocab.special("<eol>")
+    for row, image in zip(rows, codes):  # each row of codes, then <eol>; the codes are the image's
+        assert row == [*model.vocab.image_span(image), model.vocab.eoi] and row[grid] == eol
     assert model.generate_with_plans("a red circle", 2)[1] == [None, None]
 
 
-def test_generate_shows_the_plan(tiny_plan_model_dir, tmp_path):
-    result = ugen_cli("generate", "--model", str(tiny_plan_model_dir), "--prompt", "a blue square", "--out",
+def test_generate_shows_the_plan(tiny_model_dir, tmp_path):
+    result = ugen_cli("generate", "--model", str(tiny_model_dir), "--prompt", "a blue square", "--out",
                       str(tmp_path / "x.png"), "--num", "2", "--seed", "3", "--show-plan")
     assert result.returncode == 0, result.stderr
-    expected = load(tiny_plan_model_dir).generate_with_plans("a blue square", 2, seed=3)[1]
+    expected = load(tiny_model_dir).generate_with_plans("a blue square", 2, seed=3)[1]
     lines = result.stdout.splitlines()
     assert [line.split("\t") for line in lines] == [[str(tmp_path / f"x-{i}.png"), plan] for i, plan in ((1, expected[0]), (2, expected[1]))]
 

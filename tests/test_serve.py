@@ -98,9 +98,9 @@ def test_endpoints_answer_what_the_python_api_gives(server, model, pictures):
         assert answer.json()["text"] == model.complete("a red circle", SamplingParams(temperature=1.0), 4, 12)
 
         answer = client.post("/generate", json={"prompt": "a blue square", "num": 2, "seed": 9}).json()
-        expected = model.generate("a blue square", 2, GENERATE_DEFAULTS, 9)
+        expected, plans = model.generate_with_plans("a blue square", 2, GENERATE_DEFAULTS, 9)
         assert len(answer["images"]) == 2 and answer["batch"] == {"requests": 1, "rows": 2}
-        assert answer["plans"] == [None, None] and health["plans"] is False  # this model draws without a plan
+        assert answer["plans"] == plans and health["plans"] is True  # Shapes models plan by default
         for got, want in zip(answer["images"], expected):
             np.testing.assert_array_equal(decode_png(got), np.asarray(want))
 
