@@ -110,8 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "random; a pretrained LM's new rows start at the mean of its own either way")
 
     train = parser.add_argument_group("training")
-    # 1600 steps of the default recipe fill the 15 minutes of `make pretrain` on a 2-core CPU (bf16
-    # with Muon at about 8,600 tokens/s there); the schedule is the steps', so a stopped run never decays.
+    # 1600 steps of the default recipe fit the 15 minutes of `make pretrain` on a 2-core CPU with a
+    # margin (9.3 min of pretraining at 7,400 tokens/s in a 12-minute job, bf16 on a Zen 4): the LR
+    # schedule counts steps, so a run the time guard stops early misses part of its final decay.
     train.add_argument("--steps", type=int, default=1600, help="optimizer steps")
     train.add_argument("--batch-tokens", type=int, default=2816,
                        help="tokens per optimizer step over all processes, packed into sequences of --max-len: "

@@ -142,8 +142,8 @@ class UGen:
         prompts = [plan_prompt(self.vocab, captions[i]) for i in planned]
         room = self.max_len - self.span_len - 2 - max(len(p) for p in prompts)  # <boi> codes <eoi> must fit
         gens = generator if isinstance(generator, torch.Generator) else [generator[i] for i in planned]
-        rows = self.run(prompts, SamplingParams(temperature=params.plan_temperature), gens, allow_images=True, stop_ids=(self.vocab.boi, self.vocab.eos),
-                        max_new_tokens=max(1, min(PLAN_TOKENS, room)))
+        rows = self.run(prompts, SamplingParams(temperature=params.plan_temperature), gens, allow_images=True,
+                        stop_ids=(self.vocab.boi, self.vocab.eos), max_new_tokens=max(1, min(PLAN_TOKENS, room)))
         for i, row in zip(planned, rows):
             plans[i] = self.vocab.to_text(row)  # the stop (<boi> or <eos>) left out
         return plans
