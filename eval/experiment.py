@@ -45,11 +45,13 @@ def train_and_score(run: Path, seed: int, base: Path, pretrain_args: list[str], 
     model = run / "model"
     if not (model / "ugen.json").is_file():
         shared = [] if "--vq" in pretrain_args else ["--vq", str(base / "vq")]
-        shared += [] if {"--text-tokenizer", "--init-from"} & set(pretrain_args) else ["--text-tokenizer", str(base / "text" / "text.model")]
+        if not {"--text-tokenizer", "--init-from"} & set(pretrain_args):
+            shared += ["--text-tokenizer", str(base / "text" / "text.model")]
         run.mkdir(parents=True, exist_ok=True)
         if "--vq" not in pretrain_args and not (run / "cache").is_symlink():
             (base / "cache").mkdir(parents=True, exist_ok=True)
-            (run / "cache").symlink_to((base / "cache").resolve(), target_is_directory=True)  # keyed by content: safe to share
+            # the cache is keyed by everything its contents depend on: safe to share between runs
+            (run / "cache").symlink_to((base / "cache").resolve(), target_is_directory=True)
         began = time.monotonic()
         run_logged(["train/pretrain.py", "--run-dir", str(run), *shared, "--seed", str(seed), "--wandb", "disabled",
                     "--resume", *pretrain_args], run / "train.log", threads, cwd=REPO)
