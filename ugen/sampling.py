@@ -115,8 +115,10 @@ class Engine:
         # transformers renamed the forward's `past_key_values` to `cache` (the old name warns on
         # every call and is removed in 5.40); older releases only know the old one
         self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.image_len, self.grid = grid * grid, grid  # codes of an image; its rows, each ended by <eol> with row ends
+        self.image_len = grid * grid  # codes of an image
+        # With row ends (the vocabulary's row_length), each row of codes is followed by <eol>.
         self.row_ends = vocab.row_length > 0
+        self.row_length, self.rows = vocab.row_length, self.image_len // max(vocab.row_length, 1)
         self.device = next(model.parameters()).device
         v = vocab
         if active_image is not None and tuple(active_image.shape) != (v.num_image,):
@@ -177,9 +179,10 @@ class Engine:
 
         A conditional row r is mixed with its unconditional row partner[r] (no partner: no CFG),
         and every row is masked by the modality state of the prompt it is fed (`in_image`, `n_codes`,
-        `n_eols`, (R,): with row ends, a full row of codes is followed by <eol>), so that all shapes are the bucket's whatever the number of prompts: the compiled step
-        covers this whole function, not the forward alone. The caller keeps the conditional rows.
-        `cfg` and `temperature` are 0-d tensors, so that a new value is not a new compile.
+        `n_eols`, (R,): with row ends, a full row of codes is followed by <eol>), so that all shapes
+        are the bucket's whatever the number of prompts: the compiled step covers this whole
+        function, not the forward alone. The caller keeps the conditional rows. `cfg` and
+        `temperature` are 0-d tensors, so that a new value is not a new compile.
 
         Sampling is `argmax(p / noise)` with `noise` ~ Exp(1) (R, V), drawn by the caller from its
         generator: exactly what `torch.multinomial(p, 1)` does, the same tokens for the same
@@ -192,9 +195,9 @@ class Engine:
             logits = uncond + cfg * (logits - uncond)
         allowed = torch.where(in_image[:, None], self.allowed_image, text_allowed)  # (R, V)
         if self.row_ends:
-            row_full = in_image & (n_codes >= (n_eols + 1) * self.grid)
+            row_full = in_image & (n_codes >= (n_eols + 1) * self.row_length)
             allowed = torch.where(row_full[:, None], self.allowed_eol, allowed)
-            full = in_image & (n_eols >= self.grid)
+            full = in_image & (n_eols >= self.rows)
         else:
             full = in_image & (n_codes >= self.image_len)
         allowed = torch.where(full[:, None], self.allowed_eoi, allowed)

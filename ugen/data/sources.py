@@ -98,7 +98,8 @@ def open_split(args: argparse.Namespace, split: str) -> Source:
     """`open_source` with the flags of `add_data_args` (--num-train for train, --num-val otherwise)."""
     num = args.num_train if split == "train" else args.num_val
     return open_source(args.data, split, image_column=args.image_column, text_column=args.text_column,
-                       layout_column=getattr(args, "layout_column", None), image_size=args.image_size or default_image_size(args.data), num=num, seed=args.seed,
+                       layout_column=getattr(args, "layout_column", None),
+                       image_size=args.image_size or default_image_size(args.data), num=num, seed=args.seed,
                        streaming=getattr(args, "streaming", False))
 
 
@@ -226,9 +227,7 @@ class ShapesSource(Source):
     """The Shapes world: scenes and texts drawn up front (cheap), each image rendered when read."""
 
     def __init__(self, split: str, n: int, seed: int, image_size: int):
-        from ugen import (
-            shapes,  # imported here: other data must not need the Shapes renderer
-        )
+        from ugen import shapes  # imported here: other data must not need the Shapes renderer
 
         super().__init__("shapes", split, image_size, n)
         self._shapes = shapes
