@@ -31,12 +31,12 @@ from datetime import date
 from pathlib import Path
 
 from ugen.errors import UserError
+from ugen.geneval import TASKS as GENEVAL_TASKS
 from ugen.runtime import run_logged, run_main, write_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LOG = REPO / "benchmarks" / "experiments.md"
-GENEVAL_TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 VAL_LOSSES = ("t2i", "caption", "vqa", "text_qa")
 
 

@@ -241,18 +241,18 @@ OPTIMIZERS = ("adamw", "muon")
 LR_SCHEDULES = ("cosine", "wsd")
 
 
-def _param_groups(model: torch.nn.Module) -> tuple[list, list, list]:
-    """(hidden matrices, vocabulary matrices, the rest: norms and biases). The input embedding and
-    the output layer (one tied parameter, maybe: compared by identity, as tensor == compares values)
-    are apart from the hidden matrices: an image id that progressive vocabulary learning has not
-    switched on yet gets no gradient in its rows, and decay alone would shrink them every step
-    toward zero before the id is ever trained; nor is an embedding a linear map for Muon."""
+def _param_groups(model: torch.nn.Module) -> tuple[list, list]:
+    """(hidden matrices, the rest), each in the model's parameter order (a checkpoint's optimizer
+    state is matched to parameters by that order). The rest are norms, biases, the input embedding
+    and the output layer (one tied parameter, maybe: compared by identity, as tensor == compares
+    values): an image id that progressive vocabulary learning has not switched on yet gets no
+    gradient in its rows, and decay alone would shrink them every step toward zero before the id
+    is ever trained; nor is an embedding a linear map for Muon."""
     vocab_ids = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
     params = [p for p in model.parameters() if p.requires_grad]
     hidden = [p for p in params if p.dim() >= 2 and id(p) not in vocab_ids]
-    vocab = [p for p in params if id(p) in vocab_ids]
-    rest = [p for p in params if p.dim() < 2 and id(p) not in vocab_ids]
-    return hidden, vocab, rest
+    rest = [p for p in params if p.dim() < 2 or id(p) in vocab_ids]
+    return hidden, rest
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95), kind: str = "adamw",
@@ -263,13 +263,13 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     sqrt(max(1, rows / cols))) and AdamW at `lr` on the rest, as modded-nanogpt trains."""
     if kind not in OPTIMIZERS:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {kind!r}")
-    hidden, vocab, rest = _param_groups(model)
+    hidden, rest = _param_groups(model)
     fused = torch.cuda.is_available()
     if kind == "adamw":
-        groups = [{"params": hidden, "weight_decay": weight_decay}, {"params": vocab + rest, "weight_decay": 0.0}]
+        groups = [{"params": hidden, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
     return MuonAdamW(torch.optim.Muon(hidden, lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="original"),
-                     torch.optim.AdamW(vocab + rest, lr=lr, betas=betas, weight_decay=0.0, fused=fused))
+                     torch.optim.AdamW(rest, lr=lr, betas=betas, weight_decay=0.0, fused=fused))
 
 
 class MuonAdamW(torch.optim.Optimizer):
