@@ -116,3 +116,16 @@ def test_bf16_autocast_on_the_cpu(monkeypatch):
         monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
         with autocast_context(torch.device("cpu"), "auto")():
             assert layer(x).dtype == dtype
+
+
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_parameter_groups_keep_the_model_order(kind):
+    """A checkpoint's optimizer state is matched to parameters by their order in the groups: each
+    group lists its parameters as the model does (the decayed matrices, then the rest)."""
+    model = _model()
+    optimizer = make_optimizer(model, 1e-3, 0.1, kind=kind)
+    order = {id(p): i for i, p in enumerate(model.parameters())}
+    for group in optimizer.param_groups:
+        positions = [order[id(p)] for p in group["params"]]
+        assert positions == sorted(positions)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(order)
