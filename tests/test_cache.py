@@ -212,3 +212,59 @@ def test_the_shapes_cache_key_follows_every_module_of_the_world(monkeypatch):
     assert sources.world_fingerprint() != before
     edited = open_source("shapes", "validation", image_size=SIZE, num=2, seed=0).identity()["fingerprint"]
     assert edited.endswith(sources.world_fingerprint()) and not edited.endswith(before)
+
+
+def test_an_empty_split_is_a_clear_error_that_leaves_no_cache(folder, tmp_path, tools):
+    vq, text = tools
+    root = tmp_path / "cache"
+    for _ in range(2):  # the second run meets the same clear error, not a broken cache of the first
+        with pytest.raises(UserError, match="validation split has no readable examples"):
+            load_cache(_open(folder, "validation", num=0), vq, text, 8, root)
+        assert not [p for p in root.iterdir() if p.is_dir()]  # neither a cache nor a half-built one
+
+
+def test_a_json_of_image_paths_is_keyed_by_the_files_it_names(tmp_path, tools):
+    vq, text = tools
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
+        rows.append({"image": f"{i}.png", "text": f"photo {i} of a thing"})
+    (data / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = tmp_path / "cache"
+
+    def build():
+        return load_cache(_open(data / "rows.jsonl"), vq, text, 8, root)
+
+    first = build()
+    assert build().directory == first.directory  # untouched files: the same cache
+    for i in range(12):  # every image edited in place (same paths, same json)
+        Image.fromarray(np.full((16, 16, 3), 20 * i, dtype=np.uint8)).save(data / f"{i}.png")
+    edited = build()
+    assert edited.directory != first.directory  # the codes of the old pixels are not reused
+    source = _open(data / "rows.jsonl")
+    assert np.array_equal(np.asarray(edited.codes[0]), encode_images(vq, source.image(int(edited.rows[0]))[None])[0])
+
+
+def test_a_hub_stream_reads_and_is_keyed_by_one_pinned_revision(tmp_path, monkeypatch):
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"image": ["a.png"] * 40, "text": [f"picture {i}" for i in range(40)]})
+    rows.to_json(str(tmp_path / "rows.jsonl"))
+    real_load = datasets.load_dataset
+    asked = []
+
+    def hub(name, **kwargs):  # the hub, played by a local file: which revision was asked for
+        asked.append(kwargs.get("revision"))
+        return real_load("json", data_files=str(tmp_path / "rows.jsonl"), streaming=kwargs["streaming"])
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    keys = {}
+    for commit in ("1111aaaa", "2222bbbb"):  # the set's main branch moves between two runs
+        monkeypatch.setattr(data_sources, "_hub_revision", lambda name, commit=commit: commit)
+        keys[commit] = open_source("someone/shapes-like", "train", image_size=SIZE, streaming=True).identity()
+    assert asked == ["1111aaaa", "2222bbbb"]
+    assert keys["1111aaaa"]["fingerprint"] == "stream of someone/shapes-like at revision 1111aaaa"
+    assert keys["1111aaaa"] != keys["2222bbbb"]

@@ -100,11 +100,13 @@ def load_cache(source: Source, vq, text: Tokenizer, max_text: int, root: Path, l
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = root / f"tmp-{name}-{os.getpid()}"
             tmp.mkdir()
-            _build(source, vq, text, max_text, tmp, identity, log)
+            try:
+                _build(source, vq, text, max_text, tmp, identity, log)
+            except BaseException:  # nothing half-written stays behind (an empty split included)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             tmp.rename(final)
     cache = CodeCache(final)
-    if not len(cache):
-        raise UserError(f"{source.data}: the {source.split} split has no readable examples")
     if cache.meta["skipped"] and log:
         print(f"{source.split}: skipped {cache.meta['skipped']} rows (empty text or unreadable image) of "
               f"{cache.meta['skipped'] + len(cache)}", file=sys.stderr)
@@ -136,6 +138,9 @@ def _build(source: Source, vq, text: Tokenizer, max_text: int, out: Path, identi
                     offsets.append(offsets[-1] + len(ids))
             bar.update(len(chunk))
     bar.close()
+    if not rows:  # refused before meta.json exists: an empty codes.bin cannot be memory-mapped
+        raise UserError(f"{source.data}: the {source.split} split has no readable examples "
+                        f"({source.skipped} skipped: empty text or unreadable image)")
     np.save(out / "rows.npy", np.asarray(rows, dtype=np.int64))
     np.save(out / "texts.npy", np.asarray(row_texts, dtype=np.int64).reshape(-1, 3))
     np.save(out / "offsets.npy", np.asarray(offsets, dtype=np.int64))

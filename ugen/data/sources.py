@@ -129,13 +129,16 @@ def open_source(
         raise UserError(f"the number of examples must be >= 0, not {num}")
     if data == "shapes":
         return ShapesSource(split, 20000 if num is None else num, seed, image_size)
-    rows, base_dir = _open_split(data, split, streaming, cache_dir)
+    rows, base_dir, revision = _open_split(data, split, streaming, cache_dir)
     columns = rows.column_names or list(rows.features or {})
     for column in (image_column, text_column, *([layout_column] if layout_column else [])):
         if column not in columns:
             raise UserError(f"{data}: no column {column!r}; available columns: {', '.join(columns)}")
     kind = StreamSource if streaming else TableSource
-    return kind(data, split, rows, base_dir, image_column, text_column, image_size, num, layout_column)
+    source = kind(data, split, rows, base_dir, image_column, text_column, image_size, num, layout_column)
+    if revision is not None:
+        source.fingerprint += f" at revision {revision}"
+    return source
 
 
 def load_examples(data: str, split: str, *, num: int | None = None, **kwargs) -> tuple[list[Example], int]:
@@ -262,6 +265,11 @@ class TableSource(Source):
             rows = rows.select(range(min(num, len(rows))))
         if isinstance(rows.features[image_column], datasets.Image):
             rows = rows.cast_column(image_column, datasets.Image(decode=False))
+        elif rows.features[image_column] == datasets.Value("string"):
+            # Paths to image files (json/jsonl rows): datasets hashed the table, not the files it
+            # names, so an image edited in place would reuse stale codes. Each file's size and
+            # modification time go into the key (a stat per row; no image is read).
+            self.fingerprint += "+files " + _files_fingerprint(rows.select_columns([image_column]), image_column, base_dir)
         self.base_dir, self.image_column, self.text_column = base_dir, image_column, text_column
         self.layout_column = layout_column
         self.columns = (image_column, text_column, *([layout_column] if layout_column else []))
@@ -366,18 +374,23 @@ def image_batches(source: Source, batch_size: int, generator: torch.Generator, s
 
 
 def _open_split(data: str, split: str, streaming: bool, cache_dir: str | None):
-    """The rows of `split` (a Dataset, or an IterableDataset when streaming) and the directory that
-    relative image paths are resolved against."""
+    """The rows of `split` (a Dataset, or an IterableDataset when streaming), the directory that
+    relative image paths are resolved against, and the hub revision a stream reads (else None)."""
     import datasets
 
     path = Path(data).expanduser()
+    revision = None
     if path.exists():
         base_dir = path if path.is_dir() else path.parent
         loaded = _load_local(path, streaming, cache_dir)
     elif _HUB_NAME.match(data) and not path.suffix:
         base_dir = None
         try:
-            loaded = datasets.load_dataset(data, cache_dir=cache_dir, streaming=streaming)
+            # A stream has no content hash to key the code cache by: it reads one pinned commit of
+            # the hub repository, and the cache is keyed by that commit, so a set updated upstream
+            # is a new cache, never stale codes. A downloaded set is hashed by datasets itself.
+            revision = _hub_revision(data) if streaming else None
+            loaded = datasets.load_dataset(data, cache_dir=cache_dir, streaming=streaming, revision=revision)
         except (FileNotFoundError, ConnectionError, ValueError) as err:
             raise UserError(f"--data {data}: no such local path, and no hub data set could be loaded "
                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
@@ -385,7 +398,18 @@ def _open_split(data: str, split: str, streaming: bool, cache_dir: str | None):
         raise UserError(f"--data {data}: no such file or directory")
     if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
         loaded = {"train": loaded}
-    return _pick_split(loaded, split, data), base_dir
+    return _pick_split(loaded, split, data), base_dir, revision
+
+
+def _hub_revision(name: str) -> str:
+    """The commit a hub data set's main branch points at now."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(name).sha
+    except Exception as err:  # offline, no such repository, no access: hub_hub's errors have no common base
+        raise UserError(f"--data {name}: no such local path, and the hub could not say which revision to stream "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
 
 
 def _load_local(path: Path, streaming: bool, cache_dir: str | None):
@@ -467,6 +491,23 @@ def _texts(value: Any) -> list[str]:
     """The non-empty captions of a row: a string, or a list of them (several captions per image)."""
     values = value if isinstance(value, (list, tuple)) else [value]
     return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+
+
+def _files_fingerprint(rows, column: str, base_dir: Path | None) -> str:
+    """A hash of the path, size and modification time of every file a column of paths names (a
+    missing file hashes as missing: it becomes a skipped row, and its arrival is a new key)."""
+    digest = hashlib.sha1()
+    for batch in rows.iter(batch_size=4096):
+        for value in batch[column]:
+            path = Path(value) if isinstance(value, str) and value else None
+            if path is not None and not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            try:
+                stat = path.stat() if path is not None else None
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode() if stat else f"{path}\0-\n".encode())
+            except OSError:
+                digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
 
 
 def _read_image(value: Any, base_dir: Path | None, size: int) -> np.ndarray | None:
