@@ -175,10 +175,10 @@ def blocked(app) -> tuple[threading.Event, threading.Event]:
     batcher, entered, release = app.state.batcher, threading.Event(), threading.Event()
     run = batcher.run_group
 
-    def waiting_run(tasks):
+    def waiting_run(tasks, abandoned):
         entered.set()
         assert release.wait(60)
-        return run(tasks)
+        return run(tasks, abandoned)
 
     batcher.run_group = waiting_run
     return entered, release
@@ -224,7 +224,7 @@ def test_the_batcher_takes_the_oldest_group_up_to_its_row_limit():
 
 async def _batcher_scenario():
     calls = []
-    batcher = Batcher(lambda tasks: calls.append([(t.group, t.rows) for t in tasks]) or [t.rows for t in tasks],
+    batcher = Batcher(lambda tasks, abandoned: calls.append([(t.group, t.rows) for t in tasks]) or [t.rows for t in tasks],
                       max_rows=4, window_s=0, max_queue=5)
     tasks = [Rows(2, "a"), Rows(1, "b"), Rows(2, "a"), Rows(1, "a"), Rows(3, "b")]
     waiting = [asyncio.ensure_future(batcher.submit(t)) for t in tasks]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -94,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--window-ms", type=float, default=10, help="how long a batch waits for requests to join it")
     sub.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond which the server answers 503")
     sub.add_argument("--timeout", type=float, default=60, help="seconds a request may take before it is answered 504")
+    sub.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                     help="a site whose pages may call the API (e.g. https://lab.example.org; repeat for more): "
+                          "a POST whose Origin is another site than the server's own is refused with 403")
+    sub.add_argument("--max-pixels", type=int, default=None,
+                     help="the most pixels of an uploaded image (default: 4096x4096 for models up to 256 px, "
+                          "then 16 model sides a side); larger ones are refused from their header, undecoded")
     return parser
 
 
@@ -117,7 +124,13 @@ def serve(args: argparse.Namespace) -> None:
         raise UserError(f"--port must be in 1..65535, not {args.port}")
     if args.max_rows < 1 or args.max_queue < 1 or args.window_ms < 0 or args.timeout <= 0:
         raise UserError("--max-rows and --max-queue must be >= 1, --window-ms >= 0 and --timeout > 0")
-    app = create_app(args.model, args.device, args.max_rows, args.window_ms, args.max_queue, args.timeout)
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise UserError(f"--max-pixels must be >= 1, not {args.max_pixels}")
+    for origin in args.allow_origin:
+        if not re.fullmatch(r"https?://[^/\s]+", origin.rstrip("/")):
+            raise UserError(f"--allow-origin {origin}: must be a site's origin, scheme and host (https://lab.example.org)")
+    app = create_app(args.model, args.device, args.max_rows, args.window_ms, args.max_queue, args.timeout,
+                     allow_origins=tuple(args.allow_origin), max_pixels=args.max_pixels)
     print(f"ugen: serving {args.model} at http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

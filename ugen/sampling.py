@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache, StaticCache
 
 from ugen.errors import UserError
 from ugen.vocab import Vocab
+
+
+class Abandoned(Exception):
+    """An engine call stopped before its end because `Engine.should_stop` said nobody waits for it."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ class Engine:
     def __init__(self, model: torch.nn.Module, vocab: Vocab, grid: int, compile: bool | None = None,
                  active_image: torch.Tensor | None = None):
         self.model, self.vocab = model, vocab
+        # Asked before each step when set: true stops the call with `Abandoned` (`ugen serve` sets it
+        # to "every client of this batch has gone", so a batch nobody waits for costs a step, not a call).
+        self.should_stop: Callable[[], bool] | None = None
         # transformers renamed the forward's `past_key_values` to `cache` (the old name warns on
         # every call and is removed in 5.40); older releases only know the old one
         self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -337,6 +344,8 @@ class Engine:
         slots = torch.arange(length, device=self.device)  # the cache slots this step writes
         steps = 0
         for step in range(n_steps):
+            if self.should_stop is not None and self.should_stop():
+                raise Abandoned(f"stopped after {step} of {n_steps} steps: nobody waits for the answer")
             if step > 0 and cache == "static" and self.mask_4d:
                 next_tokens, mask = decode, seen_4d
             else:  # the keys so far: transformers adds causality (and pads to a static cache's length)

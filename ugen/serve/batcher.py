@@ -4,8 +4,10 @@ One loop takes the oldest waiting task, waits a short collection window for othe
 runs it with every waiting task of the same group (oldest first, up to `max_rows` rows) in one call
 on a single worker thread, so the model runs one batch at a time while the event loop keeps
 accepting requests. Under load the window hardly matters: requests queue while a batch runs and the
-next batch takes them all. The queue is bounded (`QueueFull` when it holds `max_queue` tasks), and
-a task whose caller stopped waiting (its time limit) is dropped before it runs.
+next batch takes them all. The queue is bounded (`QueueFull` when it holds `max_queue` tasks). A
+task whose caller stopped waiting (its time limit, or a client that hung up) is dropped before it
+runs, and a running call is told, through the `abandoned` check it is given, once nobody waits
+for any of its tasks, so that it can stop early (`Engine.should_stop`).
 
 Written here rather than taken from a library: the serving frameworks that batch (Ray Serve,
 Triton, TorchServe) are whole servers with their own processes and deployment; ugen needs some
@@ -46,15 +48,23 @@ class BatchInfo:
 
 
 class Batcher:
-    def __init__(self, run_group: Callable[[list[Any]], Sequence[Any]], max_rows: int = 32, window_s: float = 0.01,
-                 max_queue: int = 256):
+    """`run_group(tasks, abandoned)` runs tasks of one group in one call and returns one result per
+    task; `abandoned()` turns true once no caller waits for any of them."""
+
+    def __init__(self, run_group: Callable[[list[Any], Callable[[], bool]], Sequence[Any]], max_rows: int = 32,
+                 window_s: float = 0.01, max_queue: int = 256):
         if max_rows < 1 or max_queue < 1 or window_s < 0:
             raise ValueError("max_rows and max_queue must be >= 1 and window_s >= 0")
         self.run_group, self.max_rows, self.window_s, self.max_queue = run_group, max_rows, window_s, max_queue
         self.waiting: deque[Waiting] = deque()
+        self.running: list[Waiting] = []  # the batch in the engine now
         self.arrival = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ugen-engine")
-        self.calls = 0  # engine calls so far (for /health and the load benchmark)
+        self.alive = False  # run_forever is running (/health answers 503 while it is not)
+        # For /health and the benchmarks: engine calls made, tasks dropped unrun because their
+        # callers had gone, and calls stopped early for the same reason.
+        self.calls = self.dropped = self.abandoned_calls = 0
+        self.restarts = 0  # times run_forever died and was started again (its supervisor counts them)
 
     async def submit(self, task: Batchable) -> tuple[Any, BatchInfo]:
         """The task's result once its batch has run, and how that batch was made up."""
@@ -69,6 +79,7 @@ class Batcher:
         """The oldest live task and every later one of its group that fits in `max_rows`."""
         while self.waiting and self.waiting[0].future.done():  # cancelled: its caller gave up
             self.waiting.popleft()
+            self.dropped += 1
         if not self.waiting:
             return []
         group = self.waiting[0].task.group
@@ -76,6 +87,7 @@ class Batcher:
         for entry in self.waiting:
             fits = not batch or rows + entry.task.rows <= self.max_rows
             if entry.future.done():
+                self.dropped += 1
                 continue
             if entry.task.group == group and fits:
                 batch.append(entry)
@@ -86,27 +98,44 @@ class Batcher:
         return batch
 
     async def run_forever(self) -> None:
+        """Run batches until cancelled. If it raises instead (a fault of its own, not of a batch,
+        which its callers are told of), `fail_running` tells the callers of the batch it held."""
         loop = asyncio.get_running_loop()
-        while True:
-            if not self.waiting:
-                self.arrival.clear()
-                await self.arrival.wait()
-                await asyncio.sleep(self.window_s)  # let requests that arrive together join
-            batch = self._take_batch()
-            if not batch:
-                continue
-            info = BatchInfo(len(batch), sum(e.task.rows for e in batch))
-            try:
-                results = await loop.run_in_executor(self.executor, self.run_group, [e.task for e in batch])
-            except Exception as err:  # the whole call failed: each of its requests says why
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(err)
-            else:
-                for entry, result in zip(batch, results):
-                    if not entry.future.done():
-                        entry.future.set_result((result, info))
-            self.calls += 1
+        self.alive = True
+        try:
+            while True:
+                if not self.waiting:
+                    self.arrival.clear()
+                    await self.arrival.wait()
+                    await asyncio.sleep(self.window_s)  # let requests that arrive together join
+                batch = self.running = self._take_batch()
+                if not batch:
+                    continue
+                info = BatchInfo(len(batch), sum(e.task.rows for e in batch))
+                # Read from the engine's thread: a future's done() is a plain attribute read.
+                abandoned = lambda batch=batch: all(e.future.done() for e in batch)  # noqa: E731
+                try:
+                    results = await loop.run_in_executor(self.executor, self.run_group, [e.task for e in batch], abandoned)
+                except Exception as err:  # the whole call failed (or stopped: nobody is told): each caller says why
+                    self.abandoned_calls += abandoned()
+                    for entry in batch:
+                        if not entry.future.done():
+                            entry.future.set_exception(err)
+                else:
+                    for entry, result in zip(batch, results):
+                        if not entry.future.done():
+                            entry.future.set_result((result, info))
+                self.running = []
+                self.calls += 1
+        finally:
+            self.alive = False
+
+    def fail_running(self, err: BaseException) -> None:
+        """Tell the callers of the batch a dead `run_forever` held that it will not be answered."""
+        for entry in self.running:
+            if not entry.future.done():
+                entry.future.set_exception(err)
+        self.running = []
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -17,7 +17,7 @@ before this), and that could move a code of an encoded one. They cost little bes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Callable, Literal, Union
 
 import numpy as np
 import PIL.Image
@@ -56,13 +56,16 @@ class Task:
         return ({"generate": "image", "write": "write"}.get(self.kind, "text"), self.params, self.image_params)
 
 
-def run_group(model: UGen, tasks: list[Task]) -> list[Result]:
-    """Run tasks of one group in one engine call; one result per task, in order."""
+def run_group(model: UGen, tasks: list[Task], abandoned: Callable[[], bool] | None = None) -> list[Result]:
+    """Run tasks of one group in one engine call; one result per task, in order. Once `abandoned()`
+    is true (nobody waits for any of them), the call stops at its next step (`Abandoned`)."""
     if len({t.group for t in tasks}) != 1:
         raise ValueError("tasks of different groups cannot share an engine call")
-    if tasks[0].kind == "generate":
-        return _draw(model, tasks)
-    return _write(model, tasks)
+    model.engine.should_stop = abandoned  # the server's one engine thread is the only caller here
+    try:
+        return _draw(model, tasks) if tasks[0].kind == "generate" else _write(model, tasks)
+    finally:
+        model.engine.should_stop = None
 
 
 def _draw(model: UGen, tasks: list[Task]) -> list[Result]:
