@@ -62,8 +62,8 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ugen-engine")
         self.alive = False  # run_forever is running (/health answers 503 while it is not)
         # For /health and the benchmarks: engine calls made, tasks dropped unrun because their
-        # callers had gone, and calls stopped early for the same reason.
-        self.calls = self.dropped = self.abandoned_calls = 0
+        # callers had gone, and calls (and the tasks in them) stopped early for the same reason.
+        self.calls = self.dropped = self.abandoned_calls = self.abandoned_tasks = 0
         self.restarts = 0  # times run_forever died and was started again (its supervisor counts them)
 
     async def submit(self, task: Batchable) -> tuple[Any, BatchInfo]:
@@ -71,15 +71,26 @@ class Batcher:
         if len(self.waiting) >= self.max_queue:
             raise QueueFull(f"the server is busy: {len(self.waiting)} requests are waiting; retry later")
         entry = Waiting(task, asyncio.get_running_loop().create_future())
+        entry.future.add_done_callback(lambda future: self._left(entry))
         self.waiting.append(entry)
         self.arrival.set()
         return await entry.future
 
+    def _left(self, entry: Waiting) -> None:
+        """A caller that gave up (time limit, hang-up) before its task ran: out of the queue now."""
+        if entry.future.cancelled() and entry in self.waiting:
+            self.waiting.remove(entry)
+            self.dropped += 1
+
+    @property
+    def abandoned_rows(self) -> int:
+        """Rows of the running call when none of its callers waits any more (it stops at its next step)."""
+        return sum(e.task.rows for e in self.running) if self.running and all(e.future.done() for e in self.running) else 0
+
     def _take_batch(self) -> list[Waiting]:
         """The oldest live task and every later one of its group that fits in `max_rows`."""
-        while self.waiting and self.waiting[0].future.done():  # cancelled: its caller gave up
+        while self.waiting and self.waiting[0].future.done():  # answered already (a failure told it)
             self.waiting.popleft()
-            self.dropped += 1
         if not self.waiting:
             return []
         group = self.waiting[0].task.group
@@ -87,7 +98,6 @@ class Batcher:
         for entry in self.waiting:
             fits = not batch or rows + entry.task.rows <= self.max_rows
             if entry.future.done():
-                self.dropped += 1
                 continue
             if entry.task.group == group and fits:
                 batch.append(entry)
@@ -117,7 +127,9 @@ class Batcher:
                 try:
                     results = await loop.run_in_executor(self.executor, self.run_group, [e.task for e in batch], abandoned)
                 except Exception as err:  # the whole call failed (or stopped: nobody is told): each caller says why
-                    self.abandoned_calls += abandoned()
+                    if abandoned():
+                        self.abandoned_calls += 1
+                        self.abandoned_tasks += len(batch)
                     for entry in batch:
                         if not entry.future.done():
                             entry.future.set_exception(err)
