@@ -98,3 +98,51 @@ def test_training_forwards_build_no_kv_cache(tiny_model_dir):
     validation = {"text": collate([text_row(vocab, [1, 2, 3])], vocab.pad, 16)}
     pretrain.validation_losses(model, validation, vocab, active, "cpu", contextlib.nullcontext, dist)
     assert model.calls[-1]["use_cache"] is False
+
+
+class FakeCuda:
+    """torch.cuda as `devices` GPUs would show it to the process that drives `current` (states are
+    tagged tensors), so that saving and restoring RNG states can be checked without a GPU."""
+
+    def __init__(self, devices: int, current: int):
+        self.devices, self.current, self.states = devices, current, {d: torch.tensor([d], dtype=torch.uint8) for d in range(devices)}
+
+    def install(self, monkeypatch) -> None:
+        def device_of(device):
+            if device is None or device == "cuda":
+                index = self.current
+            else:
+                index = device if isinstance(device, int) else int(str(device).split(":")[-1])
+            if not 0 <= index < self.devices:
+                raise RuntimeError(f"invalid device ordinal {index} ({self.devices} GPUs)")
+            return index
+
+        def get_state(device="cuda"):
+            return self.states[device_of(device)].clone()
+
+        def set_state(state, device="cuda"):
+            self.states[device_of(device)] = state.clone()
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.devices)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", get_state)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [get_state(d) for d in range(self.devices)])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: [set_state(s, d) for d, s in enumerate(states)])
+
+
+def test_a_run_saved_on_eight_gpus_resumes_on_two(monkeypatch):
+    from ugen.runtime import rng_state, set_rng_state
+
+    saving = FakeCuda(devices=8, current=5)
+    saving.states[5] = torch.tensor([55], dtype=torch.uint8)  # rank 5's generator, drawn from
+    saving.install(monkeypatch)
+    saved = rng_state()
+    resuming = FakeCuda(devices=2, current=1)
+    resuming.install(monkeypatch)
+    set_rng_state(saved)  # raised "invalid device ordinal 2" when every saved device was restored
+    assert resuming.states[1].tolist() == [55]  # this process's device continues the saver's own stream
+    legacy = {**saved, "cuda": [torch.tensor([d + 100], dtype=torch.uint8) for d in range(8)]}  # an older checkpoint
+    set_rng_state(legacy)
+    assert resuming.states[1].tolist() == [101]

@@ -70,10 +70,12 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG a run draws from, so that a resumed run continues exactly."""
+    """Every RNG a run draws from, so that a resumed run continues exactly. On CUDA, the generator
+    of this process's own device only: a run may resume on another number of GPUs, and the data
+    order never depends on it (it comes from the seed and the step)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -81,8 +83,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is not None and torch.cuda.is_available():
+        if isinstance(saved, (list, tuple)):  # written by an older ugen: one state per device it saw
+            if not saved:
+                return
+            saved = saved[min(torch.cuda.current_device(), len(saved) - 1)]
+        torch.cuda.set_rng_state(saved)  # onto this process's device, whatever the saving run had
 
 
 @contextmanager
