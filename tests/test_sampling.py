@@ -97,9 +97,9 @@ def test_compiled_decode_draws_what_eager_draws(engine):
     kw = dict(max_new_tokens=GRID * GRID + 1, params=SamplingParams(temperature=0.7, cfg=1.5),
               uncond_prompts=[t2i_prompt(V, None)] * 3, stop_ids=(V.eoi,))
     run = lambda e, seed: e.generate(cond, generator=torch.Generator().manual_seed(seed), **kw)
-    text = lambda e: e.generate([[V.bos, *V.from_text([7])], [V.bos, *V.from_text([2, 5, 9])]], max_new_tokens=5,
-                                params=SamplingParams(temperature=0.9, top_k=20), allow_images=True,
-                                generator=torch.Generator().manual_seed(2))
+    text = lambda e, **filters: e.generate([[V.bos, *V.from_text([7])], [V.bos, *V.from_text([2, 5, 9])]], max_new_tokens=5,
+                                           params=SamplingParams(temperature=0.9, **(filters or {"top_k": 20})),
+                                           allow_images=True, generator=torch.Generator().manual_seed(2))
     for seed in (0, 1):
         assert run(compiled, seed) == run(engine, seed)
     assert list(compiled._static_caches) == [(8, 16)]  # 6 rows and 16 slots: one bucket, one compile
@@ -108,6 +108,11 @@ def test_compiled_decode_draws_what_eager_draws(engine):
     assert text(compiled) == text(engine)
     assert run(compiled, 3) == run(engine, 3)
     assert list(compiled._static_caches) == [(8, 16), (2, 16)]
+    # Other top-k and top-p values (a client's choice) run the same variant: they are tensors in
+    # the step, not constants compiled in (each would be a new compile, and guards are skipped).
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for filters in ({"top_k": 7}, {"top_k": 3, "top_p": 0.8}, {"top_p": 0.5}):
+            assert text(compiled, **filters) == text(engine, **filters)
 
 
 def test_temperature_zero_is_greedy(engine):
@@ -239,6 +244,32 @@ def test_filter_logits_keeps_top_k_and_nucleus():
     assert torch.isfinite(filter_logits(logits, 2, 1.0)).tolist() == [[True, True, False, False]]
     assert torch.isfinite(filter_logits(logits, 0, 0.7)).tolist() == [[True, True, False, False]]
     assert torch.isfinite(filter_logits(logits, 0, 0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, 3, 0.9)).tolist() == [[True, True, True, False]]
+    ties = torch.tensor([[2.0, 1.0, 1.0, 0.0]])  # the k-th value's ties are kept, as torch.topk's threshold does
+    assert torch.isfinite(filter_logits(ties, 2, 1.0)).tolist() == [[True, True, True, False]]
+
+
+def _reference_filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k by torch.topk's threshold, then the nucleus of what is left, sorted again: the plain
+    two-pass way, against which the one-sort tensor version is checked."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (1, 1.0), (5, 1.0), (50, 1.0), (0, 0.9), (0, 0.3), (7, 0.8), (200, 0.95)])
+def test_filter_logits_agrees_with_the_two_pass_reference(top_k, top_p):
+    logits = torch.randn(6, 120, generator=torch.Generator().manual_seed(top_k))
+    expected = _reference_filter(logits, top_k, top_p)
+    got = filter_logits(logits, torch.tensor(top_k), torch.tensor(top_p))
+    assert torch.equal(torch.isfinite(got), torch.isfinite(expected))
+    assert torch.equal(got[torch.isfinite(got)], logits[torch.isfinite(expected)])
 
 
 ROWS_V = Vocab(num_text=40, num_image=64, row_length=GRID)

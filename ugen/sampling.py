@@ -52,17 +52,20 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Keep the top-k ids and the smallest set whose probability reaches top_p; logits (B, V)."""
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # the id that crosses top_p is kept
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
+def filter_logits(logits: torch.Tensor, top_k: torch.Tensor | int, top_p: torch.Tensor | float) -> torch.Tensor:
+    """Keep the top-k ids (0: all; ties with the k-th kept) and, of those, the smallest set whose
+    probability reaches top_p (1: all); logits (B, V). In the engine top_k and top_p are 0-d
+    tensors, so that a compiled step takes any value without compiling again (an int in the graph
+    is a constant: every value a client sends would be a new variant); one sort serves both."""
+    top_k, top_p = torch.as_tensor(top_k, device=logits.device), torch.as_tensor(top_p, device=logits.device)
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
+    k = torch.where(top_k > 0, top_k.clamp(max=logits.size(-1)), logits.size(-1))
+    kth = sorted_logits.gather(-1, (k - 1).expand(logits.size(0), 1))  # (B, 1)
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    probs = sorted_logits.softmax(-1)
+    drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1.0)  # the id that crosses top_p is kept
+    drop |= sorted_logits == float("-inf")
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
 CACHES = ("static", "dynamic", "none")  # how `Engine.generate` keeps past keys and values
@@ -181,15 +184,17 @@ class Engine:
                      kv: StaticCache | DynamicCache | None, slots: torch.Tensor, partner: torch.Tensor | None,
                      cfg: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor | None,
                      in_image: torch.Tensor, n_codes: torch.Tensor, n_eols: torch.Tensor, text_allowed: torch.Tensor,
-                     top_k: int, top_p: float) -> torch.Tensor:
+                     filtering: bool, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
         """One step from the model's inputs to the token drawn for every row (R,).
 
         A conditional row r is mixed with its unconditional row partner[r] (no partner: no CFG),
         and every row is masked by the modality state of the prompt it is fed (`in_image`, `n_codes`,
         `n_eols`, (R,): with row ends, a full row of codes is followed by <eol>), so that all shapes
         are the bucket's whatever the number of prompts: the compiled step covers this whole
-        function, not the forward alone. The caller keeps the conditional rows. `cfg` and
-        `temperature` are 0-d tensors, so that a new value is not a new compile.
+        function, not the forward alone. The caller keeps the conditional rows. `cfg`,
+        `temperature`, `top_k` and `top_p` are 0-d tensors, so that a new value is not a new compile;
+        `filtering` (top-k or top-p asked for at all) is the one choice a variant is compiled for, so
+        that a call that filters nothing does not pay for the sort.
 
         Sampling is `argmax(p / noise)` with `noise` ~ Exp(1) (R, V), drawn by the caller from its
         generator: exactly what `torch.multinomial(p, 1)` does, the same tokens for the same
@@ -211,7 +216,8 @@ class Engine:
         logits = logits.masked_fill(~allowed, float("-inf"))
         if noise is None:
             return logits.argmax(-1)
-        probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+        logits = logits / temperature
+        probs = (filter_logits(logits, top_k, top_p) if filtering else logits).softmax(-1)
         return (probs / noise).argmax(-1)
 
     def _compiled_step(self):
@@ -317,6 +323,8 @@ class Engine:
         partner = (torch.cat([torch.arange(n) + n, torch.arange(n, n_rows)]).to(self.device) if guided else None)
         cfg = torch.tensor(params.cfg, device=self.device)
         temperature = torch.tensor(params.temperature or 1.0, device=self.device)
+        filtering = params.top_k > 0 or params.top_p < 1.0
+        top_k, top_p = torch.tensor(params.top_k, device=self.device), torch.tensor(params.top_p, device=self.device)
         noise = torch.ones((n_rows, v.size), device=self.device) if params.temperature > 0 else None
         noise_blocks = _noise_blocks(generator, n)
         block_done: dict[int, bool] = {}  # by a block's first row
@@ -355,7 +363,7 @@ class Engine:
                     if not block_done.get(start, False):
                         noise[start:stop].exponential_(generator=rows_generator)
             token = next_tokens(step_ids, step_pos, mask, kv, slots, partner, cfg, temperature, noise, in_image,
-                                n_codes, n_eols, text_allowed, params.top_k, params.top_p)[:n]  # (B,)
+                                n_codes, n_eols, text_allowed, filtering, top_k, top_p)[:n]  # (B,)
             token = torch.where(done, torch.full_like(token, v.pad), token)
             out[:, step] = token
             steps = step + 1
