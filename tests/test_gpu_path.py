@@ -146,3 +146,38 @@ def test_a_run_saved_on_eight_gpus_resumes_on_two(monkeypatch):
     legacy = {**saved, "cuda": [torch.tensor([d + 100], dtype=torch.uint8) for d in range(8)]}  # an older checkpoint
     set_rng_state(legacy)
     assert resuming.states[1].tolist() == [101]
+
+
+def test_the_engine_runs_fp32_weights_under_autocast_where_flash_attn_needs_it(tiny_model_dir):
+    """flash-attn takes bf16 or fp16 only. RL's policy keeps fp32 weights (it trains them), and its
+    rollouts go through the engine: on CUDA they must run under bf16 autocast as training does.
+    Here an attention kernel that refuses fp32 as flash-attn does stands in for it on the CPU."""
+    import ugen
+    from transformers import AttentionInterface
+    from transformers.integrations.flash_attention import get_target_dtype
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from ugen.sampling import Engine, needs_autocast
+
+    def refuses_fp32(module, query, key, value, attention_mask, **kwargs):
+        # transformers' flash-attn path: fp32 inputs are cast to autocast's dtype when autocast is
+        # on, else to the weights' (fp32 here), which the kernel then refuses
+        target = get_target_dtype(query, module)
+        if target is not None:
+            query, key, value = (t.to(target) for t in (query, key, value))
+        if query.dtype not in (torch.bfloat16, torch.float16):
+            raise RuntimeError("FlashAttention only supports fp16 and bf16 data type")
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("refuses_fp32", refuses_fp32)
+    model = ugen.load(tiny_model_dir, "cpu")
+    assert next(model.model.parameters()).dtype == torch.float32
+    model.model.set_attn_implementation("refuses_fp32")
+    prompt = [[model.vocab.bos, *model.vocab.from_text([5, 6])]]
+    with pytest.raises(RuntimeError, match="only supports fp16 and bf16"):
+        Engine(model.model, model.vocab, model.image_tokenizer.grid, autocast=False).generate(prompt, max_new_tokens=3)
+    engine = Engine(model.model, model.vocab, model.image_tokenizer.grid, autocast=True)
+    assert len(engine.generate(prompt, max_new_tokens=3)[0]) > 0
+    # What each device and weight type gets by default: fp32 weights on CUDA (RL's policy) autocast.
+    assert needs_autocast(CUDA, torch.float32) and not needs_autocast(CUDA, torch.bfloat16)
+    assert not needs_autocast(torch.device("cpu"), torch.float32)

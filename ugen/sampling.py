@@ -88,6 +88,12 @@ def _noise_blocks(generator: torch.Generator | Sequence[torch.Generator] | None,
     return blocks
 
 
+def needs_autocast(device: torch.device, weights: torch.dtype) -> bool:
+    """Whether the engine runs a model under bf16 autocast: fp32 weights on CUDA (a model loaded for
+    inference is bf16 there already; on the CPU fp32 is what inference runs in)."""
+    return device.type == "cuda" and weights == torch.float32
+
+
 def _full_attention_only(config) -> bool:
     """Whether every layer attends to all past keys (no sliding window, no chunks): what one
     4D mask for all layers says."""
@@ -117,7 +123,7 @@ class Engine:
     """
 
     def __init__(self, model: torch.nn.Module, vocab: Vocab, grid: int, compile: bool | None = None,
-                 active_image: torch.Tensor | None = None):
+                 active_image: torch.Tensor | None = None, autocast: bool | None = None):
         self.model, self.vocab = model, vocab
         # Asked before each step when set: true stops the call with `Abandoned` (`ugen serve` sets it
         # to "every client of this batch has gone", so a batch nobody waits for costs a step, not a call).
@@ -130,6 +136,9 @@ class Engine:
         self.row_ends = vocab.row_length > 0
         self.row_length, self.rows = vocab.row_length, self.image_len // max(vocab.row_length, 1)
         self.device = next(model.parameters()).device
+        # bf16 autocast over fp32 weights (a model in training: RL's policy), as its training
+        # forwards run: flash-attn refuses fp32, so without it RL crashed at its first rollout on CUDA.
+        self.autocast = needs_autocast(self.device, next(model.parameters()).dtype) if autocast is None else autocast
         v = vocab
         if active_image is not None and tuple(active_image.shape) != (v.num_image,):
             raise ValueError(f"active_image must be a bool mask of shape ({v.num_image},), not {tuple(active_image.shape)}")
@@ -175,10 +184,11 @@ class Engine:
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  kv: StaticCache | DynamicCache | None, slots: torch.Tensor) -> torch.Tensor:
         """Next-token logits (R, V) for rows `ids` (R, T) at `positions` (R, T) writing cache `slots` (T,)."""
-        return self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=kv is not None, logits_to_keep=1,
-            **{self.cache_kwarg: kv}, **({"cache_position": slots} if isinstance(kv, StaticCache) else {}),
-        ).logits[:, -1].float()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=kv is not None, logits_to_keep=1,
+                **{self.cache_kwarg: kv}, **({"cache_position": slots} if isinstance(kv, StaticCache) else {}),
+            ).logits[:, -1].float()
 
     def _next_tokens(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                      kv: StaticCache | DynamicCache | None, slots: torch.Tensor, partner: torch.Tensor | None,
