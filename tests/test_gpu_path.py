@@ -181,3 +181,49 @@ def test_the_engine_runs_fp32_weights_under_autocast_where_flash_attn_needs_it(t
     # What each device and weight type gets by default: fp32 weights on CUDA (RL's policy) autocast.
     assert needs_autocast(CUDA, torch.float32) and not needs_autocast(CUDA, torch.bfloat16)
     assert not needs_autocast(torch.device("cpu"), torch.float32)
+
+
+def test_packed_micro_batches_go_to_flash_attn_as_one_sequence(tiny_model_dir):
+    """transformers' flash-attn path reads restarting position_ids as row boundaries only in a
+    batch of one sequence, so under flash-attn each micro-batch of packed sequences is flattened;
+    under SDPA (the CPU's) the flattened batch gives the same loss as the batch as it was."""
+    import ugen
+    from ugen.model import masked_loss
+    from ugen.sequences import pack, text_row
+    from ugen.training import forward_backward
+
+    class Shapes(_Recorder):
+        def __init__(self, vocab: int, attention: str):
+            super().__init__(vocab)
+            self.config, self.shapes = types.SimpleNamespace(_attn_implementation=attention), []
+
+        def forward(self, input_ids, attention_mask=None, **kwargs):
+            self.shapes.append((tuple(input_ids.shape), kwargs["position_ids"].tolist()))
+            return super().forward(input_ids, attention_mask, **kwargs)
+
+    model = ugen.load(tiny_model_dir, "cpu")
+    v = model.vocab
+    bins = [[text_row(v, [1, 2, 3]), text_row(v, [4, 5])], [text_row(v, [6, 7, 8, 9])], [text_row(v, [3, 3])]]
+    batch = {**pack(bins, 10, v.pad), "active": torch.ones(v.num_image, dtype=torch.bool), "targets": 1}
+    dist = types.SimpleNamespace(device=torch.device("cpu"), world=1, gradient_sync=lambda wrapped, sync: contextlib.nullcontext())
+    seen = {}
+    for attention in ("flash_attention_2", "sdpa"):
+        seen[attention] = Shapes(v.size, attention)
+        forward_backward(seen[attention], seen[attention], batch, 2, v, dist, contextlib.nullcontext)
+    assert [shape for shape, _ in seen["flash_attention_2"].shapes] == [(1, 20), (1, 10)]  # micro-batches of 2 and 1
+    assert [shape for shape, _ in seen["sdpa"].shapes] == [(2, 10), (1, 10)]
+    assert seen["flash_attention_2"].shapes[0][1][0] == batch["position_ids"][:2].reshape(-1).tolist()  # restarts kept
+
+    lm = model.model.float().eval()
+
+    def loss(part):  # no cache: transformers reads packed rows from position_ids only without one
+        logits = lm(input_ids=part["input_ids"], position_ids=part["position_ids"], use_cache=False).logits
+        return masked_loss(logits, part["labels"], v, None)
+
+    with torch.no_grad():
+        as_is = loss(batch)
+        flattened = loss({k: batch[k].reshape(1, -1) for k in ("input_ids", "position_ids", "labels")})
+        rows_alone = [pack([[row]], len(row.ids), v.pad) for rows in bins for row in rows]
+        alone = sum(loss(r) * int((r["labels"] >= 0).sum()) for r in rows_alone) / sum(int((r["labels"] >= 0).sum()) for r in rows_alone)
+    torch.testing.assert_close(as_is, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flattened, alone, rtol=1e-5, atol=1e-5)

@@ -151,6 +151,13 @@ def step_batch(sampler: RowSampler, vocab: Vocab, schedule: VocabSchedule, seed:
             "tokens": sum(len(row.ids) for rows in bins for row in rows)}
 
 
+def attention_implementation_of(model) -> str:
+    """The attention kernel a (possibly compiled, possibly DDP-wrapped) transformers model runs."""
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    inner = getattr(inner, "module", inner)  # DDP's
+    return getattr(getattr(inner, "config", None), "_attn_implementation", None) or ""
+
+
 def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab, dist: Distributed,
                      autocast, head_on_targets: bool = False) -> torch.Tensor:
     """Gradients of one step, accumulated over micro-batches of `micro` sequences of this process's
@@ -163,6 +170,11 @@ def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab
     which makes a tiny model's step 10% faster on a CPU. Under DDP or FSDP the step goes through
     the wrapper's forward, and a compiled step wants fixed shapes, so they score every position."""
     inputs = {k: batch[k].to(dist.device, non_blocking=True) for k in ("input_ids", "labels", "position_ids")}
+    # flash-attn reads restarting position_ids as row boundaries only in a batch of one sequence
+    # (transformers' varlen path checks the batch size): with several, the packed rows of each
+    # sequence would attend to one another. Under flash-attn a micro-batch goes in as one long
+    # sequence; SDPA builds its block-diagonal mask from the restarts for any batch.
+    one_row = attention_implementation_of(train_model).startswith("flash")
     # DDP averages gradients over processes: scaled so, the step's gradient is that of the mean
     # loss over every target of the whole batch, however it is split.
     targets = max(batch["targets"], 1)
@@ -171,7 +183,7 @@ def forward_backward(train_model, wrapped, batch: dict, micro: int, vocab: Vocab
     total = torch.zeros((), device=dist.device)
     rows = len(inputs["input_ids"])
     for i in range(0, rows, micro):
-        part = {k: v[i : i + micro] for k, v in inputs.items()}
+        part = {k: v[i : i + micro].reshape(1, -1) if one_row else v[i : i + micro] for k, v in inputs.items()}
         with dist.gradient_sync(wrapped, sync=i + micro >= rows):
             with autocast():
                 if head_on_targets:
