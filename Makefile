@@ -4,13 +4,14 @@
 # resolution to train at (default: 48 for Shapes, 256 otherwise). Each data set gets its own RUN.
 DATA ?= shapes
 # RECIPE: `default`, the 15-minute job on a 2-core CPU, or `long`, the same scripts for at most 2 hours
-# there (9x the steps, into runs/long on Shapes; a checkpoint every 500 steps, so that a stopped run
-# continues with `make pretrain RECIPE=long ARGS=--resume`).
+# there (9x the steps, and twice the image tokenizer's, into runs/long on Shapes; a checkpoint every
+# 500 steps, so that a stopped run continues with `make pretrain RECIPE=long ARGS=--resume`).
 RECIPE ?= default
 ifeq ($(filter default long,$(RECIPE)),)
 $(error RECIPE must be default or long, not $(RECIPE))
 endif
 RECIPE_ARGS := $(if $(filter long,$(RECIPE)),--steps 14000)
+RECIPE_VQ_ARGS := $(if $(filter long,$(RECIPE)),--steps 6000)
 IMAGE_COLUMN ?= image
 TEXT_COLUMN ?= text
 # A column with each image's layout as text, which pretraining with --plan writes before the image.
@@ -56,7 +57,7 @@ ABLATION ?= runs/ablation-$(PRESET)
 install: .venv/installed
 
 $(RUN)/vq/vq.safetensors: | .venv/installed
-	$(PYTHON) tokenizers/train_vq.py --out $(RUN)/vq --seed $(SEED) --wandb $(WANDB) $(DATA_ARGS) $(VQ_ARGS)
+	$(PYTHON) tokenizers/train_vq.py --out $(RUN)/vq --seed $(SEED) --wandb $(WANDB) $(DATA_ARGS) $(RECIPE_VQ_ARGS) $(VQ_ARGS)
 
 $(RUN)/text/text.model: | .venv/installed
 	$(PYTHON) tokenizers/train_text.py --out $(RUN)/text --seed $(SEED) $(DATA_ARGS)
