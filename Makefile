@@ -1,7 +1,7 @@
 # The commands a user types. Each installs what it needs first (`make install`, once).
 # DATA: `shapes` (the embedded world) or your own image-caption data (a local imagefolder with
 # metadata.jsonl, parquet, json/jsonl with image paths, or a hub name), with its column names and the
-# resolution to train at (default: 48 for Shapes, 256 otherwise). Each data set gets its own RUN.
+# resolution to train at (default: 48 for Shapes, else the data's own size, at most 256). Each data set gets its own RUN.
 DATA ?= shapes
 # RECIPE: `default`, the 15-minute job on a 2-core CPU, or `long`, the same scripts for at most 2 hours
 # there (9x the steps, and twice the image tokenizer's, into runs/long on Shapes; a checkpoint every

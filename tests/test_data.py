@@ -144,3 +144,32 @@ def test_shapes_is_the_default_data():
     examples, skipped = load_examples("shapes", "validation", num=3)
     assert len(examples) == 3 and skipped == 0
     assert examples[0].image.shape == (48, 48, 3) and examples[0].scene is not None
+
+
+def _folder_of(root: Path, sizes: list[tuple[int, int]]) -> Path:
+    root.mkdir(parents=True)
+    for i, size in enumerate(sizes):
+        _image("RGB", size, i).save(root / f"{i}.png")
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": f"picture {i}"}) + "\n"
+                                                 for i in range(len(sizes))))
+    return root
+
+
+def test_a_new_image_tokenizer_trains_at_the_datas_own_size(tmp_path, capsys):
+    from conftest import _script
+
+    train_vq = _script("tokenizers/train_vq.py")
+
+    def size_of(data: Path | str, *flags: str) -> tuple[int, int]:
+        args = train_vq.parse_args(["--data", str(data), "--out", str(tmp_path / "vq"), *flags])
+        return args.image_size, args.downsample
+
+    # 48 px scans (a few odd ones among them) stay 48 px, a 6x6 grid, instead of being upscaled to 256
+    scans = _folder_of(tmp_path / "scans", [(48, 48)] * 30 + [(60, 40)] * 5)
+    assert size_of(scans) == (48, 8)
+    assert "48 px on their longer side" in capsys.readouterr().out
+    assert size_of(_folder_of(tmp_path / "odd", [(37, 30)] * 20)) == (40, 8)  # rounded to the factor
+    assert size_of(_folder_of(tmp_path / "photos", [(640, 480)] * 20)) == (256, 16)  # capped
+    assert size_of(_folder_of(tmp_path / "mid", [(210, 150)] * 20)) == (208, 16)  # a multiple of 16 past 128
+    assert size_of(scans, "--image-size", "64") == (64, 8)  # the flag decides
+    assert size_of("shapes") == (48, 8)

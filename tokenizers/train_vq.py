@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ugen.data import add_data_args, default_image_size, open_split
+from ugen.data import add_data_args, data_image_size, open_split
 from ugen.data.sources import image_batches
 from ugen.errors import UserError
 from ugen.metrics import tokenizer_metrics
@@ -96,7 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.object_weight < 1:
         raise UserError("--object-weight must be >= 1 (1 means every pixel weighs the same)")
     if args.image_size is None:
-        args.image_size = default_image_size(args.data)
+        args.image_size, why = data_image_size(args)
+        print(f"image size: {args.image_size} px ({why})", flush=True)
     if args.downsample is None:
         args.downsample = next((f for f in DOWNSAMPLES if f >= 8 and args.image_size // f <= MAX_DEFAULT_GRID), DOWNSAMPLES[-1])
     if args.channels is None and shapes:  # 24, doubling per stage

@@ -6,6 +6,7 @@ from ugen.data.sources import (
     Source,
     add_data_args,
     add_source_args,
+    data_image_size,
     data_of_model,
     default_image_size,
     load_examples,
@@ -15,5 +16,5 @@ from ugen.data.sources import (
 )
 from ugen.example import Example, Texts
 
-__all__ = ["DATA_FLAGS", "SPLITS", "Example", "Source", "Texts", "add_data_args", "add_source_args", "data_of_model",
-           "default_image_size", "load_examples", "open_source", "open_split", "square_rgb"]
+__all__ = ["DATA_FLAGS", "SPLITS", "Example", "Source", "Texts", "add_data_args", "add_source_args", "data_image_size",
+           "data_of_model", "default_image_size", "load_examples", "open_source", "open_split", "square_rgb"]
