@@ -268,3 +268,18 @@ def test_a_hub_stream_reads_and_is_keyed_by_one_pinned_revision(tmp_path, monkey
     assert asked == ["1111aaaa", "2222bbbb"]
     assert keys["1111aaaa"]["fingerprint"] == "stream of someone/shapes-like at revision 1111aaaa"
     assert keys["1111aaaa"] != keys["2222bbbb"]
+
+
+def test_codebooks_past_32768_codes_are_cached_as_int32(folder, tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    vq = ImageTokenizer(VQConfig(image_size=SIZE, downsample=8, levels=[8, 8, 8, 8, 8, 4])).eval()  # 131,072 codes (IBQ's)
+    text = train_text_tokenizer([f"photo {i} of a thing" for i in range(40)], tmp_path / "text.model", 300)
+    cache = load_cache(_open(folder), vq, text, 8, tmp_path / "cache")
+    source = _open(folder)
+    direct = encode_images(vq, np.stack([source.image(int(r)) for r in cache.rows]))
+    assert cache.codes.dtype == np.int32 and direct.dtype == np.int32
+    assert np.array_equal(np.asarray(cache.codes), direct)
+    assert direct.max() > 32767  # ids int16 would have wrapped
+    assert len(cache.code_counts) == 131072

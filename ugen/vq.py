@@ -35,6 +35,13 @@ CONFIG_FILE = "vq.json"
 QUANTIZERS = ("fsq", "vq")
 ENCODERS = ("wide", "cell")
 DOWNSAMPLES = (4, 8, 16, 32)  # one stride-2 stage per factor of two
+MAX_CODES = 2**20  # IBQ's 131,072 and Cosmos' 64,000 fit; every code is a row of the transformer's embedding and head
+
+
+def code_dtype(num_codes: int) -> np.dtype:
+    """How a codebook's ids are stored (the code cache): int16 up to 32,768 codes, int32 past that
+    (Emu3's 32,768 still fit in int16; Cosmos' 64,000 and IBQ's 131,072 do not)."""
+    return np.dtype(np.int16 if num_codes <= 2**15 else np.int32)
 
 
 def default_channels(downsample: int) -> list[int]:
@@ -83,9 +90,9 @@ class VQConfig:
             raise UserError(f"res_blocks must be >= 0, not {self.res_blocks}")
         if self.quantizer == "fsq" and (not self.levels or min(self.levels) < 3):
             raise UserError(f"FSQ levels must each be >= 3, not {self.levels}")
-        # Codes are cached as int16 (encode_images), so the codebook must fit.
-        if not 2 <= self.num_codes <= 2**15:
-            raise UserError(f"the codebook must have 2..32768 codes, not {self.num_codes}")
+        if not 2 <= self.num_codes <= MAX_CODES:
+            raise UserError(f"the codebook must have 2..{MAX_CODES:,} codes (each is a row of the transformer's "
+                            f"vocabulary), not {self.num_codes:,}")
 
     @property
     def num_codes(self) -> int:
@@ -278,8 +285,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def encode_images(tokenizer: ImageTokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, grid*grid) int16 codes: the cache the transformer trains on."""
-    codes = np.empty((len(images), tokenizer.grid * tokenizer.grid), dtype=np.int16)
+    """(N, H, W, 3) uint8 -> (N, grid*grid) codes (`code_dtype`): the cache the transformer trains on."""
+    codes = np.empty((len(images), tokenizer.grid * tokenizer.grid), dtype=code_dtype(tokenizer.num_codes))
     device = tokenizer.device
     batches = range(0, len(images), batch_size)
     for start in tqdm(batches, desc="encoding images", unit="batch", leave=False, disable=len(batches) < 2):

@@ -8,7 +8,8 @@ tokenizer's weights, the text tokenizer and the text length limit. Changing any 
 the data in place, another --image-column, a retrained tokenizer) is a new cache, never a stale one.
 
 Layout of `<root>/<split>-<hash>/`:
-    codes.bin      (N, L) int16   VQ codes of the N readable rows, L = grid * grid
+    codes.bin      (N, L) int16   VQ codes of the N readable rows, L = grid * grid (int32 for a
+                                  codebook past 32,768 codes: meta.json's code_dtype)
     rows.npy       (N,)   int64   each row's position in its `Source` (to read its image again)
     texts.npy      (N, 3) int64   first text of the row, number of prompts, number of QA pairs
     ids.bin        (M,)   int32   every text's ids, one after another: caption, passage, layout (empty
@@ -50,7 +51,8 @@ class CodeCache:
         self.directory = Path(directory)
         self.meta = json.loads((self.directory / "meta.json").read_text())
         n, length = self.meta["rows"], self.meta["codes_per_image"]
-        self.codes = np.memmap(self.directory / "codes.bin", dtype=np.int16, mode="r", shape=(n, length))
+        dtype = np.dtype(self.meta.get("code_dtype", "int16"))  # caches written before int32 codes say nothing
+        self.codes = np.memmap(self.directory / "codes.bin", dtype=dtype, mode="r", shape=(n, length))
         self.rows = np.load(self.directory / "rows.npy", mmap_mode="r")
         self.texts = np.load(self.directory / "texts.npy", mmap_mode="r")
         self.offsets = np.load(self.directory / "offsets.npy", mmap_mode="r")
@@ -115,7 +117,7 @@ def load_cache(source: Source, vq, text: Tokenizer, max_text: int, root: Path, l
 
 
 def _build(source: Source, vq, text: Tokenizer, max_text: int, out: Path, identity: dict[str, Any], log: bool) -> None:
-    from ugen.vq import encode_images
+    from ugen.vq import code_dtype, encode_images
 
     began = time.monotonic()
     length = vq.grid * vq.grid
@@ -127,7 +129,7 @@ def _build(source: Source, vq, text: Tokenizer, max_text: int, out: Path, identi
         for chunk in source.chunks():
             if not chunk:
                 continue
-            codes = encode_images(vq, np.stack([image for _, _, image in chunk]))  # (n, L) int16
+            codes = encode_images(vq, np.stack([image for _, _, image in chunk]))  # (n, L) int16 or int32
             codes_file.write(codes.tobytes())
             counts += np.bincount(codes.ravel(), minlength=vq.num_codes)
             for row, texts, _ in chunk:
@@ -146,7 +148,8 @@ def _build(source: Source, vq, text: Tokenizer, max_text: int, out: Path, identi
     np.save(out / "offsets.npy", np.asarray(offsets, dtype=np.int64))
     np.save(out / "counts.npy", counts)
     seconds = time.monotonic() - began
-    meta = {"identity": identity, "rows": len(rows), "codes_per_image": length, "skipped": source.skipped,
+    meta = {"identity": identity, "rows": len(rows), "codes_per_image": length, "code_dtype": code_dtype(vq.num_codes).name,
+            "skipped": source.skipped,
             "seconds": round(seconds, 2), "images_per_s": round(len(rows) / max(seconds, 1e-9), 1)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
