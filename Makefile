@@ -43,7 +43,7 @@ SEEDS ?= 0 1 2
 JOBS ?= 2
 ABLATION ?= runs/ablation-$(PRESET)
 
-.PHONY: install pretrain vq text-tokenizer eval ablation rl digits bench serve chromium test clean
+.PHONY: install pretrain vq text-tokenizer eval ablation rl digits bench serve chromium test test-floor clean
 
 # torch first, pinned: the CPU wheel is on the machine, and any looser requirement resolved on its own
 # pulls the CUDA build. Everything after is constrained to that torch. flash-attn is only in .[gpu].
@@ -119,6 +119,16 @@ chromium:
 # at the end, to keep the whole under 10 minutes.
 test: .venv/installed
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 --durations=15 $(ARGS)
+
+# The oldest transformers ugen supports (setup.cfg's floor), with the tokenizers, huggingface_hub and
+# kernels of its day, installed beside the .venv's (first on the path) and tested on what touches its
+# API: the model and its attention, the sampling engine and its caches, starting from a pretrained LM,
+# the model directory. `.ci/run` runs it after `make test`.
+FLOOR := transformers==5.0.0 "tokenizers>=0.22,<0.23" "huggingface_hub>=1.3,<2" kernels==0.11.7
+test-floor: .venv/installed
+	$(PIP) install --quiet --no-deps --upgrade --target .venv/transformers-floor $(FLOOR)
+	PYTHONPATH=.venv/transformers-floor WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 \
+		-m "not slow" tests/test_sampling.py tests/test_init_from.py tests/test_model_dir.py $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache
