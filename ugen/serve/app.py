@@ -35,10 +35,10 @@ import io
 import logging
 import os
 import time
-from urllib.parse import urlsplit
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import numpy as np
 import PIL.Image
@@ -125,14 +125,16 @@ def default_max_pixels(image_size: int) -> int:
 def read_upload(data: bytes, name: str, max_pixels: int, size: int) -> np.ndarray:
     """An uploaded file as the model's (size, size, 3) uint8 image, its dimensions checked from the
     header before anything is decoded: a few hundred KB of PNG can decode to gigabytes."""
+    too_large = f"{name}: more than the {max_pixels / 1e6:.1f} megapixels this server decodes; downscale it first"
     try:
         image = PIL.Image.open(io.BytesIO(data))  # reads the header only
         width, height = image.size
         if width * height > max_pixels:
-            raise HTTPException(413, f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, more than "
-                                     f"this server decodes ({max_pixels / 1e6:.1f}); downscale it first")
+            raise HTTPException(413, f"{too_large} ({width}x{height} is {width * height / 1e6:.1f} megapixels)")
         image.load()
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
+    except PIL.Image.DecompressionBombError:  # PIL's own guard, past twice its MAX_IMAGE_PIXELS, in open()
+        raise HTTPException(413, too_large) from None
+    except (OSError, SyntaxError, ValueError):
         raise UserError(f"{name}: not an image PIL can read") from None
     return read_image(image, size)
 
