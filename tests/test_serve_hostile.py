@@ -169,8 +169,8 @@ def test_an_engine_call_stops_once_nobody_waits_for_it(model):
     steps = []
     model.engine.should_stop = lambda: steps.append(1) or len(steps) > 3
     try:
-        with pytest.raises(Abandoned, match="after 3 of"):
-            model.engine.generate([[model.vocab.bos]], max_new_tokens=40, params=SamplingParams(temperature=0))
+        with pytest.raises(Abandoned, match="after 3 of"):  # a stop id never drawn: only should_stop ends it early
+            model.engine.generate([[model.vocab.bos]], max_new_tokens=40, params=SamplingParams(temperature=0), stop_ids=(-1,))
     finally:
         model.engine.should_stop = None
     assert len(model.engine.generate([[model.vocab.bos]], max_new_tokens=5, params=SamplingParams(temperature=0))[0]) > 0
