@@ -43,7 +43,7 @@ SEEDS ?= 0 1 2
 JOBS ?= 2
 ABLATION ?= runs/ablation-$(PRESET)
 
-.PHONY: install pretrain vq text-tokenizer eval ablation rl digits bench serve chromium test test-floor clean
+.PHONY: install pretrain vq text-tokenizer eval ablation rl digits bench serve chromium test test-floor gpu-check clean
 
 # torch first, pinned: the CPU wheel is on the machine, and any looser requirement resolved on its own
 # pulls the CUDA build. Everything after is constrained to that torch. flash-attn is only in .[gpu].
@@ -119,6 +119,12 @@ chromium:
 # at the end, to keep the whole under 10 minutes.
 test: .venv/installed
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 --durations=15 $(ARGS)
+
+# Every item of the CUDA path on one GPU in about five minutes (benchmarks/gpu_check.py), into
+# benchmarks/gpu-check.json with the device named; on a machine without CUDA, a dry run that says
+# what it would check. Run it first whenever a GPU is at hand.
+gpu-check: .venv/installed
+	$(PYTHON) benchmarks/gpu_check.py $(ARGS)
 
 # The oldest transformers ugen supports (setup.cfg's floor), with the tokenizers, huggingface_hub and
 # kernels of its day, installed beside the .venv's (first on the path) and tested on what touches its

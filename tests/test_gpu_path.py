@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.machinery
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,11 +155,11 @@ def test_the_engine_runs_fp32_weights_under_autocast_where_flash_attn_needs_it(t
     """flash-attn takes bf16 or fp16 only. RL's policy keeps fp32 weights (it trains them), and its
     rollouts go through the engine: on CUDA they must run under bf16 autocast as training does.
     Here an attention kernel that refuses fp32 as flash-attn does stands in for it on the CPU."""
-    import ugen
     from transformers import AttentionInterface
     from transformers.integrations.flash_attention import get_target_dtype
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    import ugen
     from ugen.sampling import Engine, needs_autocast
 
     def refuses_fp32(module, query, key, value, attention_mask, **kwargs):
@@ -227,3 +230,45 @@ def test_packed_micro_batches_go_to_flash_attn_as_one_sequence(tiny_model_dir):
         alone = sum(loss(r) * int((r["labels"] >= 0).sum()) for r in rows_alone) / sum(int((r["labels"] >= 0).sum()) for r in rows_alone)
     torch.testing.assert_close(as_is, alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(flattened, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_ugen_attention_names_the_kernel(fake_flash_attn, monkeypatch):
+    """`make gpu-check` trains under flash-attn and under SDPA on one machine: UGEN_ATTENTION picks."""
+    from ugen.errors import UserError
+
+    fake_flash_attn(flash_attn_func=object(), flash_attn_varlen_func=object())
+    assert ugen_model.attention_implementation(CUDA) == "flash_attention_2"
+    monkeypatch.setenv("UGEN_ATTENTION", "sdpa")
+    assert ugen_model.attention_implementation(CUDA) == "sdpa"
+    monkeypatch.setenv("UGEN_ATTENTION", "eager")
+    assert ugen_model.attention_implementation(torch.device("cpu")) == "eager"
+    monkeypatch.setenv("UGEN_ATTENTION", "flash_attention_2")
+    with pytest.raises(UserError, match="needs CUDA"):
+        ugen_model.attention_implementation(torch.device("cpu"))
+    monkeypatch.setenv("UGEN_ATTENTION", "flash")
+    with pytest.raises(UserError, match="must be one of"):
+        ugen_model.attention_implementation(CUDA)
+
+
+def test_gpu_check_runs_dry_on_a_cpu_and_its_commands_parse():
+    """`make gpu-check` on a machine without CUDA says what it would check; every command it would
+    run is accepted by its script's own argument parser (a renamed flag fails here, not on the GPU)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gpu_check
+
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=gpu_check.REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA device here, so a dry run" in done.stdout
+    assert all(f"- {check.name}:" in done.stdout for check in gpu_check.CHECKS)
+    tmp = Path("/nonexistent/gpu-check")
+    parsed = 0
+    for check in gpu_check.CHECKS:
+        for command in check.commands(tmp):
+            command = command[2:] if command[0] == "env" else command  # env UGEN_ATTENTION=...
+            command = command[4:] if command[0] == "torchrun" else command[1:]  # the script and its flags
+            module = _script(command[0])
+            if hasattr(module, "parse_args"):
+                module.parse_args(command[1:])
+                parsed += 1
+    assert parsed == 6  # train_vq, pretrain x 2, FSDP x 2, rl

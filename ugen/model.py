@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -69,11 +70,23 @@ def large() -> dict[str, Any]:
 PRESETS = {"tiny": tiny, "small": small, "base": base, "large": large}
 
 
+ATTENTIONS = ("sdpa", "flash_attention_2", "eager")  # what UGEN_ATTENTION may name
+
+
 def attention_implementation(device: torch.device) -> str:
-    """flash-attn when it imports on CUDA (the optional `.[gpu]` extra), else PyTorch SDPA.
+    """flash-attn when it imports on CUDA (the optional `.[gpu]` extra), else PyTorch SDPA;
+    `UGEN_ATTENTION` names one instead (`make gpu-check` trains with each kernel in turn).
 
     The import itself is the check: a wheel built for another torch or CUDA is found on the path
     but fails to load its kernels, and that must be a fallback with its reason, not a crash later."""
+    chosen = os.environ.get("UGEN_ATTENTION")
+    if chosen:
+        if chosen not in ATTENTIONS:
+            raise UserError(f"UGEN_ATTENTION must be one of {', '.join(ATTENTIONS)}, not {chosen!r}")
+        if chosen == "flash_attention_2" and (device.type != "cuda" or _flash_attn_problem() is not None):
+            raise UserError(f"UGEN_ATTENTION=flash_attention_2 needs CUDA and a flash-attn that loads "
+                            f"({_flash_attn_problem() or 'this device is ' + device.type})")
+        return chosen
     if device.type != "cuda":
         return "sdpa"
     reason = _flash_attn_problem()
