@@ -15,7 +15,7 @@ run of ugen's own scripts or of its engine; a failed check is recorded and the r
   training feeds them) against each row alone, in bf16;
 - compiled_vs_eager: the compiled decode step (CUDA graphs) against eager on the same seeds: the
   share of drawn images whose codes are identical;
-- fsdp_checkpoint: one-GPU FSDP (`torchrun --nproc_per_node 1 ... --fsdp`) for 40 steps with a
+- fsdp_checkpoint: one-GPU FSDP (`torch.distributed.run --nproc_per_node 1 ... --fsdp`) for 40 steps with a
   checkpoint at 20 and 40, then resumed from it to 60;
 - rl_two_steps: two Unified-GRPO steps on the flash-attn model (rollouts through the engine under
   autocast).
@@ -169,7 +169,9 @@ def run_compiled(tmp: Path, results: dict) -> dict:
 
 
 def fsdp_commands(tmp: Path) -> list[list[str]]:
-    base = ["torchrun", "--standalone", "--nproc_per_node", "1", "train/pretrain.py", "--fsdp", "--run-dir", str(tmp / "fsdp"),
+    # torchrun through this interpreter: the .venv's bin need not be on PATH
+    base = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train/pretrain.py", "--fsdp",
+            "--run-dir", str(tmp / "fsdp"),
             "--vq", str(tmp / "vq"), "--text-tokenizer", str(tmp / "text" / "text.model"), "--preset", "small",
             "--text-only-steps", "10", "--num-train", "2000", "--num-val", "64", "--eval-every", "1000",
             "--checkpoint-every", "20", "--log-every", "10", "--device", "cuda", "--wandb", "disabled"]
