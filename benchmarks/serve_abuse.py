@@ -23,7 +23,6 @@ benchmarks/results.jsonl unless --no-save; exits non-zero when a target of issue
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import struct
@@ -35,7 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from serve_load import answer_of, make_requests, post, start_server  # benchmarks/ is first on sys.path
+from serve_load import answer_of, make_requests, post, server_args, start_server  # benchmarks/ is first on sys.path
 from speed import report
 
 MIB = 2**20
@@ -149,15 +148,7 @@ def rid_of(url: str, since: float, before: dict, hung_up: int, limit: float = 60
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="runs/default/model", help="model directory")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--clients", type=int, default=4, help="well-behaved clients sending beside each case")
-    parser.add_argument("--max-rows", type=int, default=32, help="the server's --max-rows")
-    parser.add_argument("--no-save", action="store_true")
-    args = parser.parse_args()
-    if not (Path(args.model) / "ugen.json").is_file():
-        raise SystemExit(f"{args.model}: not a ugen model directory (run `make pretrain` first)")
+    args = server_args(__doc__.split("\n\n")[0], clients=4)  # well-behaved clients beside each case
 
     server, url = start_server(args)
     pid, cases = server.pid, {}

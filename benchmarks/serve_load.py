@@ -129,17 +129,26 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def server_args(description: str, clients: int, **extra: dict) -> argparse.Namespace:
+    """The flags of a benchmark against a live server (`extra`: its own, name -> add_argument
+    keywords), parsed, with the model directory checked."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="runs/default/model", help="model directory")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="concurrent rounds (the median is reported)")
+    parser.add_argument("--clients", type=int, default=clients, help="clients sending at once")
+    for name, keywords in extra.items():
+        parser.add_argument(name, **keywords)
     parser.add_argument("--max-rows", type=int, default=32, help="the server's --max-rows")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     if not (Path(args.model) / "ugen.json").is_file():
         raise SystemExit(f"{args.model}: not a ugen model directory (run `make pretrain` first)")
+    return args
+
+
+def main() -> None:
+    args = server_args(__doc__.split("\n\n")[0], clients=64,
+                       **{"--rounds": dict(type=int, default=3, help="concurrent rounds (the median is reported)")})
 
     server, url = start_server(args)
     try:
