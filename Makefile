@@ -17,7 +17,11 @@ TEXT_COLUMN ?= text
 # A column with each image's layout as text, which pretraining with --plan writes before the image.
 LAYOUT_COLUMN ?=
 IMAGE_SIZE ?=
-RUN ?= $(if $(filter shapes,$(DATA)),runs/$(RECIPE),runs/$(notdir $(abspath $(DATA))))
+# A pretrained image tokenizer's directory (a save_pretrained JanusVQVAE, Emu3VQVAE or diffusers
+# VQModel; README, "Bringing a pretrained image tokenizer"): pretraining encodes with it and trains no
+# tokenizer of its own, in a run directory named after it.
+IMAGE_TOKENIZER ?=
+RUN ?= $(if $(filter shapes,$(DATA)),runs/$(RECIPE),runs/$(notdir $(abspath $(DATA))))$(if $(IMAGE_TOKENIZER),-$(notdir $(abspath $(IMAGE_TOKENIZER))))
 DATA_ARGS := --data $(DATA) --image-column $(IMAGE_COLUMN) --text-column $(TEXT_COLUMN) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) \
 	$(if $(LAYOUT_COLUMN),--layout-column $(LAYOUT_COLUMN))
 MODEL ?= $(RUN)/model
@@ -54,6 +58,12 @@ ABLATION ?= runs/ablation-$(PRESET)
 	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
+# diffusers' VQModel adapter needs the `diffusers` extra (pure Python): what `make test` and a
+# pretraining run with IMAGE_TOKENIZER install.
+.venv/diffusers-installed: .venv/installed
+	$(PIP) install --quiet -c constraints.txt -e ".[diffusers]"
+	touch $@
+
 install: .venv/installed
 
 $(RUN)/vq/vq.safetensors: | .venv/installed
@@ -67,8 +77,9 @@ text-tokenizer: $(RUN)/text/text.model
 
 # The main job: Shapes, the tiny preset (or INIT_FROM), the progressive schedule; writes $(RUN)/model.
 # VQ_ARGS go to the image tokenizer's training (e.g. "--downsample 16 --steps 3000"), ARGS to pretraining.
-pretrain: $(RUN)/vq/vq.safetensors $(if $(INIT_FROM),,$(RUN)/text/text.model)
+pretrain: $(if $(IMAGE_TOKENIZER),.venv/diffusers-installed,$(RUN)/vq/vq.safetensors) $(if $(INIT_FROM),,$(RUN)/text/text.model)
 	$(PYTHON) train/pretrain.py --run-dir $(RUN) --preset $(PRESET) $(if $(INIT_FROM),--init-from $(INIT_FROM)) \
+		$(if $(IMAGE_TOKENIZER),--image-tokenizer $(IMAGE_TOKENIZER)) \
 		--seed $(SEED) --wandb $(WANDB) $(DATA_ARGS) \
 		$(if $(filter-out 0,$(MAX_MINUTES)),--max-minutes $(MAX_MINUTES) --started-at $(STARTED)) $(RECIPE_ARGS) $(ARGS)
 
@@ -117,7 +128,7 @@ chromium:
 # Two workers at one thread each: most tests are short runs that keep one core busy, so on 2 cores
 # this took 6 min 57 s against 9 min 41 s for one worker with two threads. The 15 slowest are listed
 # at the end, to keep the whole under 10 minutes.
-test: .venv/installed
+test: .venv/installed .venv/diffusers-installed
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 --durations=15 $(ARGS)
 
 # Every item of the CUDA path on one GPU in about five minutes (benchmarks/gpu_check.py), into
@@ -131,10 +142,10 @@ gpu-check: .venv/installed
 # API: the model and its attention, the sampling engine and its caches, starting from a pretrained LM,
 # the model directory. `.ci/run` runs it after `make test`.
 FLOOR := transformers==5.0.0 "tokenizers>=0.22,<0.23" "huggingface_hub>=1.3,<2" kernels==0.11.7
-test-floor: .venv/installed
+test-floor: .venv/installed .venv/diffusers-installed
 	$(PIP) install --quiet --no-deps --upgrade --target .venv/transformers-floor $(FLOOR)
 	PYTHONPATH=.venv/transformers-floor WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -rs -n 2 \
-		-m "not slow" tests/test_sampling.py tests/test_init_from.py tests/test_model_dir.py $(ARGS)
+		-m "not slow" tests/test_sampling.py tests/test_init_from.py tests/test_model_dir.py tests/test_image_tokenizers.py $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

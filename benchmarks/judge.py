@@ -72,9 +72,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     kinds = {"clean": [e.image for e in examples], "blurred": [degrade(e.image, rng) for e in examples]}
     if args.vq:
-        from ugen.vq import ImageTokenizer, to_tensor, to_uint8
+        from ugen.image_tokenizers import load_image_tokenizer, to_tensor, to_uint8
 
-        tokenizer = ImageTokenizer.load(args.vq, device="cpu")
+        tokenizer = load_image_tokenizer(args.vq, device="cpu")
         with torch.no_grad():
             kinds["vq"] = list(to_uint8(tokenizer.decode(tokenizer.encode(to_tensor(np.stack(kinds["clean"]))))))
     true_blobs, smear_blobs, accuracy = [], [], {}

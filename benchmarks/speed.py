@@ -46,7 +46,7 @@ from ugen.sequences import RowSampler, apply_active_vocab, collate, t2i_prompt
 from ugen.text_tokenizer import load_text_tokenizer
 from ugen.training import Distributed, forward_backward, make_optimizer, split_codes, step_batch, warmup_cosine
 from ugen.vocab import Vocab
-from ugen.vq import ImageTokenizer
+from ugen.image_tokenizers import load_image_tokenizer
 
 RESULTS = Path(__file__).with_name("results.jsonl")
 GPU_DEFAULTS = {"presets": ["tiny", "small", "base"], "max_len": 1024, "batch_tokens": 131072, "micro_batch": 32,
@@ -79,7 +79,7 @@ def shapes_rows(run: Path, device: torch.device):
     add_data_args(parser)
     data_args = parser.parse_args([])
     data_args.seed = 0  # the default run's, so its cached codes are found
-    vq = ImageTokenizer.load(run / "vq", device=device)
+    vq = load_image_tokenizer(run / "vq", device=device)
     text = load_text_tokenizer(run / "text" / "text.model")
     vocab = Vocab(num_text=text.size, num_image=vq.num_codes)
     _, rows = split_codes(data_args, "train", vq, run / "cache", text, max_text=84, log=False)

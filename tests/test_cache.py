@@ -16,7 +16,7 @@ from ugen.data.cache import load_cache
 from ugen.data.sources import image_batches
 from ugen.errors import UserError
 from ugen.text_tokenizer import train_text_tokenizer
-from ugen.vq import ImageTokenizer, VQConfig, encode_images
+from ugen.image_tokenizers import UgenVQ, VQConfig, encode_images
 
 SIZE = 16
 
@@ -40,7 +40,7 @@ def tools(tmp_path_factory):
     import torch
 
     torch.manual_seed(0)
-    vq = ImageTokenizer(VQConfig(image_size=SIZE, downsample=8, levels=[4, 4])).eval()
+    vq = UgenVQ(VQConfig(image_size=SIZE, downsample=8, levels=[4, 4])).eval()
     texts = [f"photo {i} of a thing" for i in range(40)] + [f"other words {i}" for i in range(40)]
     text = train_text_tokenizer(texts, tmp_path_factory.mktemp("text") / "text.model", 300)
     return vq, text
@@ -110,7 +110,7 @@ def test_cache_is_reused_and_keyed_by_what_it_depends_on(folder, tmp_path, tools
         "another split": load_cache(_open(folder, "validation"), vq, text, 8, root).directory,
         "another text limit": load_cache(_open(folder), vq, text, 9, root).directory,
     }
-    retrained = ImageTokenizer(vq.config).eval()
+    retrained = UgenVQ(vq.config).eval()
     retrained.load_state_dict({k: v + 0.01 if v.is_floating_point() else v for k, v in vq.state_dict().items()})
     others["a retrained tokenizer"] = load_cache(_open(folder), retrained, text, 8, root).directory
     assert len({first, *others.values()}) == len(others) + 1, others
@@ -274,7 +274,7 @@ def test_codebooks_past_32768_codes_are_cached_as_int32(folder, tmp_path):
     import torch
 
     torch.manual_seed(0)
-    vq = ImageTokenizer(VQConfig(image_size=SIZE, downsample=8, levels=[8, 8, 8, 8, 8, 4])).eval()  # 131,072 codes (IBQ's)
+    vq = UgenVQ(VQConfig(image_size=SIZE, downsample=8, levels=[8, 8, 8, 8, 8, 4])).eval()  # 131,072 codes (IBQ's)
     text = train_text_tokenizer([f"photo {i} of a thing" for i in range(40)], tmp_path / "text.model", 300)
     cache = load_cache(_open(folder), vq, text, 8, tmp_path / "cache")
     source = _open(folder)

@@ -6,7 +6,7 @@ import torch
 
 from ugen import rewards
 from ugen.shapes import BACKGROUND, Scene, ShapeObject, render
-from ugen.vq import ImageTokenizer, VQConfig
+from ugen.image_tokenizers import UgenVQ, VQConfig
 
 
 def at_cell(shape, color, size, cell):
@@ -41,7 +41,7 @@ def test_ssim_and_feature_cosine_are_one_for_identical_images():
     assert rewards.ssim(render(A), render(A)) == pytest.approx(1.0)
     assert rewards.ssim(render(A), BLANK) < 0.9
     torch.manual_seed(0)
-    cosine = rewards.VQFeatureCosine(ImageTokenizer(VQConfig()).eval())
+    cosine = rewards.VQFeatureCosine(UgenVQ(VQConfig()).eval())
     assert cosine(render(A), render(A)) == pytest.approx(1.0, abs=1e-5)
     assert -1.0 <= cosine(render(A), BLANK) < 1.0
 

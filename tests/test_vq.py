@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import run_script
 from ugen.errors import UserError
-from ugen.vq import ImageTokenizer, VQConfig, encode_images, to_tensor, to_uint8
+from ugen.image_tokenizers import UgenVQ, VQConfig, encode_images, to_tensor, to_uint8
 
 QUANTIZERS = {
     "fsq": dict(quantizer="fsq", levels=[8, 5, 5, 5]),
@@ -19,11 +19,11 @@ QUANTIZERS = {
 }
 
 
-def _tokenizer(name: str, image_size: int = 48, downsample: int = 8) -> ImageTokenizer:
+def _tokenizer(name: str, image_size: int = 48, downsample: int = 8) -> UgenVQ:
     """A tiny tokenizer after one training-mode pass (VQ initialises its codebook by k-means there)."""
     torch.manual_seed(0)
     channels = [8, 8, 16, 16][: {8: 3, 16: 4}[downsample]]
-    model = ImageTokenizer(VQConfig(image_size=image_size, downsample=downsample, channels=channels, **QUANTIZERS[name]))
+    model = UgenVQ(VQConfig(image_size=image_size, downsample=downsample, channels=channels, **QUANTIZERS[name]))
     model.train()
     model(torch.rand(16, 3, image_size, image_size) * 2 - 1)
     return model.eval()
@@ -45,9 +45,9 @@ def test_decode_of_encode_is_the_reconstruction(name, image_size, downsample):
 
 
 def test_downsampling_factor_sets_the_grid_and_the_widths():
-    shapes = ImageTokenizer(VQConfig())  # the Shapes default: 48 px, factor 8
+    shapes = UgenVQ(VQConfig())  # the Shapes default: 48 px, factor 8
     assert shapes.grid == 6 and shapes.config.channels == [16, 32, 64]
-    llamagen = ImageTokenizer(VQConfig(image_size=256, downsample=16))  # LlamaGen's 16x16 codes of a 256 px image
+    llamagen = UgenVQ(VQConfig(image_size=256, downsample=16))  # LlamaGen's 16x16 codes of a 256 px image
     assert llamagen.grid == 16 and llamagen.config.channels == [16, 32, 64, 128]
     strides = [m.stride[0] for m in llamagen.encoder.modules() if isinstance(m, torch.nn.Conv2d) and m.stride[0] > 1]
     assert 2 * 2 ** len(strides) == 16  # space-to-depth by 2, then one stride-2 stage per further factor of 2
@@ -59,7 +59,7 @@ def test_downsampling_factor_sets_the_grid_and_the_widths():
 def _latents(encoder: str, images: torch.Tensor) -> torch.Tensor:
     """The encoder's output per code, (B, g, g, D), of a random-weight tokenizer."""
     torch.manual_seed(0)
-    model = ImageTokenizer(VQConfig(channels=[8, 16, 16], encoder=encoder)).eval()
+    model = UgenVQ(VQConfig(channels=[8, 16, 16], encoder=encoder)).eval()
     with torch.no_grad():
         return model.encoder(images).permute(0, 2, 3, 1)
 
@@ -90,7 +90,7 @@ def test_code_patches_are_each_code_decoded_alone(name):
     # A second path: the public decode of a whole grid filled with one code; its centre cell is the
     # code's patch (the grid is 6 codes wide, under the 7-code block code_patches decodes).
     model = _tokenizer(name)
-    patches = model.code_patches(chunk=7)  # chunks that do not divide the codebook
+    patches = torch.cat(list(model.code_patches(chunk=7)))  # chunks that do not divide the codebook
     assert patches.shape == (model.num_codes, 3 * 8 * 8)
     for code in (0, 5, model.num_codes - 1):
         image = model.decode(torch.full((1, 36), code))[0]  # (3, 48, 48)
@@ -98,15 +98,15 @@ def test_code_patches_are_each_code_decoded_alone(name):
 
 
 def test_num_codes():
-    assert ImageTokenizer(VQConfig()).num_codes == 1000
-    assert ImageTokenizer(VQConfig(quantizer="vq", codebook_size=300)).num_codes == 300
+    assert UgenVQ(VQConfig()).num_codes == 1000
+    assert UgenVQ(VQConfig(quantizer="vq", codebook_size=300)).num_codes == 300
 
 
 @pytest.mark.parametrize("name", QUANTIZERS)
 def test_save_load_round_trip(name, tmp_path):
     model = _tokenizer(name)
     model.save(tmp_path / "vq")
-    loaded = ImageTokenizer.load(tmp_path / "vq")
+    loaded = UgenVQ.load(tmp_path / "vq")
     assert not loaded.training and loaded.config == model.config
     images = torch.rand(6, 3, 48, 48) * 2 - 1
     codes = model.encode(images)
@@ -115,7 +115,7 @@ def test_save_load_round_trip(name, tmp_path):
     config = json.loads((tmp_path / "vq" / "vq.json").read_text())
     del config["downsample"]  # a tokenizer saved before the factor was a setting: it was 8
     (tmp_path / "vq" / "vq.json").write_text(json.dumps(config))
-    assert torch.equal(ImageTokenizer.load(tmp_path / "vq").encode(images), codes)
+    assert torch.equal(UgenVQ.load(tmp_path / "vq").encode(images), codes)
 
 
 def test_encode_does_not_train_the_codebook():
@@ -127,7 +127,7 @@ def test_encode_does_not_train_the_codebook():
 
 def test_load_missing_files_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="vq.json is missing"):
-        ImageTokenizer.load(tmp_path)
+        UgenVQ.load(tmp_path)
 
 
 def test_bad_config_is_a_user_error():
@@ -167,7 +167,7 @@ def test_train_script_writes_tokenizer_and_metrics(tmp_path):
         assert key in metrics
     assert metrics["steps"] == 4
     assert "parser reads" in result.stdout.strip().splitlines()[-1]
-    assert ImageTokenizer.load(out).grid == 6
+    assert UgenVQ.load(out).grid == 6
 
 
 def test_train_script_on_own_data(tmp_path):
@@ -185,7 +185,7 @@ def test_train_script_on_own_data(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_rows"] == 1 and "parser_object_accuracy" not in metrics
     assert "skipped 1 rows (empty text or unreadable image)" in result.stdout
-    assert ImageTokenizer.load(out).grid == 4
+    assert UgenVQ.load(out).grid == 4
 
 
 def test_train_script_missing_data_is_one_line(tmp_path):

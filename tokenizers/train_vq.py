@@ -29,7 +29,7 @@ from ugen.errors import UserError
 from ugen.metrics import tokenizer_metrics
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
 from ugen.training import warmup_cosine
-from ugen.vq import DOWNSAMPLES, ENCODERS, QUANTIZERS, ImageTokenizer, VQConfig
+from ugen.image_tokenizers.ugen_vq import DOWNSAMPLES, ENCODERS, QUANTIZERS, UgenVQ, VQConfig
 
 MAX_DEFAULT_GRID = 16  # codes per side that --downsample's default aims at (LlamaGen: 16x16 at 256 px)
 BACKGROUND_TOLERANCE = 0.08  # in [-1, 1] units (~10 of 255): JPEG noise is background, any object is not
@@ -152,7 +152,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = ImageTokenizer(config).to(device).train()
+    tokenizer = UgenVQ(config).to(device).train()
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     run = init_wandb(args.wandb, out, "ugen-vq", {**vars(args), "vq_config": config.__dict__})
     deadline = Deadline(args.max_minutes, args.started_at)

@@ -6,7 +6,7 @@
     python train/pretrain.py --run-dir runs/qwen --init-from PATH/TO/Qwen2.5-0.5B   # a pretrained LM
 
 Reads the tokenizers from the run directory (`RUN/vq`, `RUN/text/text.model`, written by the
-scripts in `tokenizers/`), caches the VQ codes of the data once, trains, checkpoints every N steps
+scripts in `tokenizers/`), or a pretrained image tokenizer (`--image-tokenizer DIR`), caches the image codes of the data once, trains, checkpoints every N steps
 (`--resume` continues with the same data order, schedule state and RNG), and writes the model
 directory `RUN/model`. Per-task validation loss, tokens/s, MFU (on a GPU of known peak) and the
 active image ids are logged to wandb (offline by default), RUN/metrics.jsonl and the progress bar.
@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ugen.data import add_data_args
+from ugen.data import add_data_args, data_image_size
 from ugen.errors import UserError
+from ugen.image_tokenizers import load_image_tokenizer
 from ugen.model import (
     PRESETS,
     build_model,
@@ -77,7 +78,6 @@ from ugen.training import (
     step_batch,
 )
 from ugen.vocab import Vocab
-from ugen.vq import ImageTokenizer
 
 VAL_ROWS_PER_TASK = 64
 TEXT_ROOM = 92  # tokens of a row beside the image codes by default: Shapes' long captions fit
@@ -86,7 +86,10 @@ TEXT_ROOM = 92  # tokens of a row beside the image codes by default: Shapes' lon
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/default", help="run directory: tokenizers in, checkpoints and model out")
-    parser.add_argument("--vq", default=None, help="VQ tokenizer directory (default RUN/vq)")
+    parser.add_argument("--image-tokenizer", "--vq", dest="vq", default=None, metavar="DIR",
+                        help="image tokenizer directory (default RUN/vq): ugen's own (tokenizers/train_vq.py) or a "
+                             "pretrained one saved by save_pretrained (transformers' JanusVQVAE or Emu3VQVAE, "
+                             "diffusers' VQModel); it is written into the model directory"),
     parser.add_argument("--text-tokenizer", default=None,
                         help="SentencePiece .model file or Hugging Face tokenizer directory "
                              "(default: the --init-from LM's tokenizer, else RUN/text/text.model)")
@@ -233,7 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     start_time = time.monotonic()
 
     # -- tokenizers, data, codes ------------------------------------------------------------
-    image_tokenizer = ImageTokenizer.load(args.vq or run / "vq", device=device)
+    image_tokenizer = load_image_tokenizer(args.vq or run / "vq", device=device, image_size=args.image_size)
+    if image_tokenizer.image_size is None:  # a pretrained tokenizer that runs at any size: the data's own
+        size, why = data_image_size(args)
+        factor = image_tokenizer.downsample
+        image_tokenizer.set_image_size(max(factor, factor * round(size / factor)))
+        if dist.main:
+            print(f"image size: {image_tokenizer.image_size} px ({why}; a multiple of the tokenizer's factor {factor})",
+                  flush=True)
     grid = image_tokenizer.grid
     image_len = grid**2 + (grid if args.row_ends else 0)  # an image's tokens: its codes, and a row end after each row
     args.max_len = args.max_len or image_len + TEXT_ROOM
@@ -255,8 +265,6 @@ def main(argv: list[str] | None = None) -> None:
     _, train_rows = split_codes(args, "train", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     _, val_rows = split_codes(args, "validation", image_tokenizer, run / "cache", text, max_text, log=dist.main)
     pixel_init = args.image_init == "pixels" and not args.init_from
-    code_patches = image_tokenizer.code_patches() if pixel_init else None  # (num_image, P)
-    del image_tokenizer  # the transformer trains on codes only
     if args.plan and not layouts_in(train_rows):
         raise UserError(f"--plan: {args.data} has no layouts in its training split to write plans from")
     args.plan = layouts_in(train_rows) if args.plan is None else args.plan
@@ -281,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model = build_model(args.preset, vocab, args.max_len, device)
         if pixel_init:
-            init_image_rows_from_pixels(model, vocab, code_patches, args.seed)
+            init_image_rows_from_pixels(model, vocab, image_tokenizer.code_patches(), args.seed)
+    image_tokenizer.cpu()  # the transformer trains on codes only; the tokenizer waits to be saved with it
     wrapped = dist.wrap(model, fsdp=args.fsdp)  # FSDP shards the parameters in place: the optimizer comes after
     args.optimizer = args.optimizer or ("adamw" if args.fsdp else "muon")
     if args.optimizer == "muon" and args.fsdp:
@@ -388,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             {"vocab": vocab.to_dict(), "schedule": schedule.to_dict(), "image_size": args.image_size,
              "grid": grid, "max_len": args.max_len, "step": step, "plan": args.plan,
              "pretrain": config},
-            args.vq or run / "vq", text,
+            image_tokenizer, text,
         )
         minutes = (time.monotonic() - start_time) / 60
         vals = " ".join(f"val/{t}={v:.3f}" for t, v in val.items())

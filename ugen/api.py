@@ -23,7 +23,7 @@ from ugen.schedule import VocabSchedule
 from ugen.sequences import caption_prompt, plan_prompt, t2i_prompt, text_qa_prompt, vqa_prompt
 from ugen.text_tokenizer import load_text_tokenizer
 from ugen.vocab import Vocab
-from ugen.vq import ImageTokenizer, encode_images, to_uint8
+from ugen.image_tokenizers import encode_images, load_image_tokenizer, to_uint8
 
 ImageLike = Union[str, os.PathLike, PIL.Image.Image, np.ndarray]
 
@@ -75,10 +75,10 @@ class UGen:
         self.device = pick_device(device) if isinstance(device, str) else device
         self.vocab = Vocab.from_dict(self.meta["vocab"])
         self.text = load_text_tokenizer(directory / self.meta["text_tokenizer"])
-        self.image_tokenizer = ImageTokenizer.load(directory / self.meta["vq"], device=self.device)
+        self.image_tokenizer = load_image_tokenizer(directory / self.meta["vq"], device=self.device)
         self.model = load_transformer(directory, self.device, dtype)
         self.engine = Engine(self.model, self.vocab, self.image_tokenizer.grid, active_image=trained_codes(self.meta))
-        self.image_size = self.image_tokenizer.config.image_size
+        self.image_size = self.image_tokenizer.image_size
         self.image_len = self.image_tokenizer.grid**2  # codes of an image
         self.span_len = self.vocab.span_length(self.image_len)  # its tokens between <boi> and <eoi> (row ends too)
         self.max_len = self.meta.get("max_len", self.model.config.max_position_embeddings)  # the trained length

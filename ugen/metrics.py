@@ -148,11 +148,11 @@ def bits_per_byte(model, texts: list[str], batch_size: int = 64) -> float:
 
 @torch.no_grad()
 def tokenizer_metrics(tokenizer, examples, batch_size: int = 16) -> dict[str, float]:
-    """How well the VQ tokenizer (`ugen.vq.ImageTokenizer`) reconstructs `examples`: PSNR, SSIM
+    """How well the VQ tokenizer (any `ugen.image_tokenizers.ImageTokenizer`) reconstructs `examples`: PSNR, SSIM
     (torchmetrics), codebook usage and, on Shapes, the parser's reading of the reconstructions
     (objects found exactly, and images read exactly): the ceiling of every generated image."""
     from ugen.rewards import ssim
-    from ugen.vq import to_tensor, to_uint8
+    from ugen.image_tokenizers import to_tensor, to_uint8
 
     # Batch by batch, so that memory stays bounded (SSIM's windows cost megabytes per image).
     codes, found, squared_errors, ssims = [], [], [], []

@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from transformers import (
 )
 
 from ugen.errors import UserError, one_line
+from ugen.image_tokenizers.base import ImageTokenizer
 from ugen.runtime import atomic_dir, write_json
 from ugen.sequences import TEXT_TASKS
 from ugen.text_tokenizer import Tokenizer
@@ -130,7 +133,7 @@ def build_model(preset: str, vocab: Vocab, max_len: int, device: torch.device) -
 
 
 @torch.no_grad()
-def init_image_rows_from_pixels(model: PreTrainedModel, vocab: Vocab, patches: torch.Tensor, seed: int) -> None:
+def init_image_rows_from_pixels(model: PreTrainedModel, vocab: Vocab, patches: Iterable[torch.Tensor], seed: int) -> None:
     """Start each image code's embedding and output rows from what the code looks like.
 
     A fresh model's image rows are independent random vectors, so the transformer must first
@@ -140,16 +143,34 @@ def init_image_rows_from_pixels(model: PreTrainedModel, vocab: Vocab, patches: t
     standardised), scaled to the layer's own init std: codes that look alike start with alike
     rows, and training moves them from there. Random projections keep distances (Johnson-
     Lindenstrauss), so nothing about the pixels is favoured but their similarity. Text rows and
-    specials are left as built. `patches`: (num_image, P)."""
-    centred = patches - patches.mean(0)  # (num_image, P)
-    pixels = centred / centred.std().clamp_min(1e-6)  # unit variance: rows come out at the layer's scale
+    specials are left as built.
+
+    `patches`: (n, P) chunks in code order (a tensor is one chunk), read once: the pixels are
+    projected as they come and centred after (a linear map commutes with the mean), so memory
+    holds one chunk beside the rows whatever the codebook's size."""
+    layers = (model.get_input_embeddings(), model.get_output_embeddings())
     generator = torch.Generator().manual_seed(seed)
+    projections: list[torch.Tensor] = []
+    projected: list[list[torch.Tensor]] = [[] for _ in layers]  # per layer, (n, d) per chunk
+    pixel_sum, squares, count = 0.0, 0.0, 0
+    for chunk in ([patches] if isinstance(patches, torch.Tensor) else patches):
+        chunk = chunk.float().cpu()
+        if not projections:  # P is known from the first chunk
+            projections = [torch.randn(chunk.shape[1], layer.weight.shape[1], generator=generator) / chunk.shape[1] ** 0.5
+                           for layer in layers]
+        pixel_sum, squares, count = pixel_sum + chunk.sum(0), squares + chunk.pow(2).sum().item(), count + len(chunk)
+        for rows, projection in zip(projected, projections):
+            rows.append(chunk @ projection)
+    if count != vocab.num_image:
+        raise ValueError(f"{count} code patches for {vocab.num_image} image codes")
+    mean = pixel_sum / count  # (P,)
+    # the std of the centred pixels over every entry, unit variance: rows come out at the layer's scale
+    std = math.sqrt(max(squares - count * mean.pow(2).sum().item(), 0.0) / max(count * mean.numel() - 1, 1))
     ids = torch.tensor(vocab.from_codes(range(vocab.num_image)))
-    for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+    for layer, rows, projection in zip(layers, projected, projections):
         weight = layer.weight  # (V, d)
-        projection = torch.randn(pixels.shape[1], weight.shape[1], generator=generator) / pixels.shape[1] ** 0.5
-        rows = pixels @ (projection * weight.std().item())  # (num_image, d)
-        weight[ids.to(weight.device)] = rows.to(weight)
+        centred = (torch.cat(rows) - mean @ projection) / max(std, 1e-6)  # (num_image, d)
+        weight[ids.to(weight.device)] = (centred * weight.std().item()).to(weight)
 
 
 def lm_config(directory: str | Path) -> PretrainedConfig:
@@ -293,18 +314,22 @@ def save_model_dir(
     directory: str | Path,
     model: PreTrainedModel,
     meta: dict[str, Any],
-    vq_dir: str | Path,
+    image_tokenizer: ImageTokenizer | str | Path,
     text: Tokenizer,
 ) -> Path:
     """Write a complete, self-contained model directory atomically.
 
     `meta` holds at least `vocab` (Vocab.to_dict()) and whatever the stage wants to keep
-    (schedule, resolved config); the tokenizers are written in so the directory stands alone.
+    (schedule, resolved config); the tokenizers are written in so the directory stands alone:
+    `image_tokenizer` is saved into vq/ (or, given as the vq/ of another model directory, copied).
     """
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        shutil.copytree(vq_dir, tmp / "vq")
+        if isinstance(image_tokenizer, ImageTokenizer):
+            image_tokenizer.save(tmp / "vq")
+        else:
+            shutil.copytree(image_tokenizer, tmp / "vq")
         text_name = text.save(tmp)
         write_json(tmp / UGEN_JSON, {"format_version": FORMAT_VERSION, "vq": "vq", "text_tokenizer": text_name, **meta})
     return directory

@@ -52,7 +52,7 @@ def ssim(original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None =
 
 
 class VQFeatureCosine:
-    """Cosine of the VQ encoder's spatially pooled (pre-quantization) features."""
+    """Cosine of the image tokenizer's spatially pooled (pre-quantization) features."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -60,7 +60,7 @@ class VQFeatureCosine:
     @torch.no_grad()
     def __call__(self, original: np.ndarray, reconstruction: np.ndarray, scene: Scene | None = None) -> float:
         pair = torch.cat([_unit(original), _unit(reconstruction)]).float().to(self.tokenizer.device) * 2 - 1  # [-1, 1]
-        features = self.tokenizer.encoder(pair).mean(dim=(2, 3))  # (2, D)
+        features = self.tokenizer.features(pair).mean(dim=(2, 3))  # (2, D)
         return float(torch.nn.functional.cosine_similarity(features[0], features[1], dim=0))
 
 

@@ -37,9 +37,9 @@ def split_codes(args: argparse.Namespace, split: str, vq, cache_dir: Path, text:
     """The rows of a split (the `add_data_args` flags) and their code cache, built on first use;
     skipped rows are reported when `log` (the main process)."""
     if args.image_size is None:
-        args.image_size = vq.config.image_size
-    elif args.image_size != vq.config.image_size:
-        raise UserError(f"--image-size {args.image_size} differs from the VQ tokenizer's {vq.config.image_size}")
+        args.image_size = vq.image_size
+    elif args.image_size != vq.image_size:
+        raise UserError(f"--image-size {args.image_size} differs from the image tokenizer's {vq.image_size}")
     source = open_split(args, split)
     return source, load_cache(source, vq, text, max_text, cache_dir, log=log)
 

@@ -88,8 +88,8 @@ def load_cache(source: Source, vq, text: Tokenizer, max_text: int, root: Path, l
     others then map what it built. A build writes into a temporary directory renamed into place
     when complete, so a killed build leaves nothing that reads as a cache (its leftovers are
     removed by the next build)."""
-    if source.image_size != vq.config.image_size:
-        raise UserError(f"{source.data}: images read at {source.image_size} px cannot feed a {vq.config.image_size} px tokenizer")
+    if source.image_size != vq.image_size:
+        raise UserError(f"{source.data}: images read at {source.image_size} px cannot feed a {vq.image_size} px tokenizer")
     identity = {"version": CACHE_VERSION, **source.identity(), "vq": _vq_hash(vq), "text": text_fingerprint(text),
                 "max_text": max_text}
     name = f"{source.split}-{hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]}"
@@ -117,7 +117,7 @@ def load_cache(source: Source, vq, text: Tokenizer, max_text: int, root: Path, l
 
 
 def _build(source: Source, vq, text: Tokenizer, max_text: int, out: Path, identity: dict[str, Any], log: bool) -> None:
-    from ugen.vq import code_dtype, encode_images
+    from ugen.image_tokenizers import code_dtype, encode_images
 
     began = time.monotonic()
     length = vq.grid * vq.grid

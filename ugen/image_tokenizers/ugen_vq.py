@@ -1,4 +1,5 @@
-"""The VQ image tokenizer: images <-> a grid of discrete codes that the transformer reads and writes.
+"""ugen's own image tokenizer: images <-> a grid of discrete codes that the transformer reads and
+writes, trained for the data at hand (pretrained ones are adapted in the sibling modules).
 
 A small convolutional encoder downsamples by a power of two (`downsample`: 8 for Shapes, 48 px ->
 6x6 codes; 16 as in LlamaGen, 256 px -> 16x16 codes) into
@@ -20,14 +21,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from ugen.errors import UserError
+from ugen.image_tokenizers.base import MAX_CODES, ImageTokenizer
 from ugen.runtime import write_json
 
 WEIGHTS_FILE = "vq.safetensors"
@@ -35,13 +35,6 @@ CONFIG_FILE = "vq.json"
 QUANTIZERS = ("fsq", "vq")
 ENCODERS = ("wide", "cell")
 DOWNSAMPLES = (4, 8, 16, 32)  # one stride-2 stage per factor of two
-MAX_CODES = 2**20  # IBQ's 131,072 and Cosmos' 64,000 fit; every code is a row of the transformer's embedding and head
-
-
-def code_dtype(num_codes: int) -> np.dtype:
-    """How a codebook's ids are stored (the code cache): int16 up to 32,768 codes, int32 past that
-    (Emu3's 32,768 still fit in int16; Cosmos' 64,000 and IBQ's 131,072 do not)."""
-    return np.dtype(np.int16 if num_codes <= 2**15 else np.int32)
 
 
 def default_channels(downsample: int) -> list[int]:
@@ -53,7 +46,7 @@ def default_channels(downsample: int) -> list[int]:
 
 @dataclass
 class VQConfig:
-    """Everything that builds an `ImageTokenizer`; saved beside its weights as vq.json."""
+    """Everything that builds a `UgenVQ`; saved beside its weights as vq.json."""
 
     image_size: int = 48
     downsample: int = 8  # image pixels per code along each side: the code grid is image_size / downsample
@@ -155,15 +148,16 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class ImageTokenizer(nn.Module):
-    """Encoder -> quantizer -> decoder. Images are (B, 3, H, W) floats in [-1, 1]; codes are
-    (B, grid*grid) longs in row-major order."""
+class UgenVQ(ImageTokenizer):
+    """ugen's own tokenizer, trained by tokenizers/train_vq.py: encoder -> quantizer -> decoder."""
+
+    kind = "ugen"
 
     def __init__(self, config: VQConfig):
         super().__init__()
         self.config = config
-        self.grid = config.image_size // config.downsample
-        self.num_codes = config.num_codes
+        self.image_size, self.downsample, self.num_codes = config.image_size, config.downsample, config.num_codes
+        self.patch_side = min(self.grid, 7)  # see code_patches
         self.encoder = _encoder(config)
         self.decoder = _decoder(config)
         if config.quantizer == "fsq":
@@ -180,11 +174,6 @@ class ImageTokenizer(nn.Module):
             )
 
         self.apply(_init_weights)
-
-    def _check(self, images: torch.Tensor) -> None:
-        size = self.config.image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
 
     def _quantize(self, latent: torch.Tensor, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, D, g, g) latent -> quantized (B, D, g, g), indices (B, g, g), aux loss ().
@@ -205,51 +194,30 @@ class ImageTokenizer(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction (B, 3, H, W), codes (B, grid*grid) and the quantizer's auxiliary loss
         (VQ commitment; zero for FSQ)."""
-        self._check(images)
+        self.check_images(images)
         quantized, indices, aux_loss = self._quantize(self.encoder(images))
         return self._decode_latent(quantized), indices.flatten(1).long(), aux_loss
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, grid*grid) codes in [0, num_codes), row-major."""
-        self._check(images)
+        self.check_images(images)
         _, indices, _ = self._quantize(self.encoder(images), frozen=True)
         return indices.flatten(1).long()
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, grid*grid) codes -> (B, 3, H, W) images in [-1, 1]."""
-        if codes.ndim != 2 or codes.shape[1] != self.grid * self.grid:
-            raise ValueError(f"expected codes of shape (B, {self.grid * self.grid}), got {tuple(codes.shape)}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_codes):
-            raise ValueError(f"codes must be in [0, {self.num_codes})")
-        return self._decode_latent(self._latent_of(codes.long().view(-1, self.grid, self.grid)))
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
+        return self.encoder(images)
+
+    def _decode_grid(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._decode_latent(self._latent_of(codes))
 
     def _latent_of(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, h, w) code indices -> (B, D, h, w) quantized latent."""
         if self.config.quantizer == "fsq":
             return self.quantizer.indices_to_codes(indices)
         return self.quantizer.get_output_from_indices(indices)
-
-    @torch.no_grad()
-    def code_patches(self, chunk: int = 200) -> torch.Tensor:
-        """(num_codes, 3 * cell * cell): what each code looks like, decoded alone.
-
-        Each code fills a block of codes (the whole grid, at most 7 x 7: the decoder's 3x3
-        convolutions at the code grid reach about 3 codes) and the block's centre cell is kept, so
-        the decoder's zero padding barely touches it. Pixels in [-1, 1], channels first."""
-        side, cell = min(self.grid, 7), self.config.downsample
-        start = (side // 2) * cell
-        patches = []
-        for first in range(0, self.num_codes, chunk):
-            indices = torch.arange(first, min(first + chunk, self.num_codes), device=self.device)
-            images = self._decode_latent(self._latent_of(indices[:, None, None].expand(-1, side, side)))  # (n, 3, side*cell, side*cell)
-            patches.append(images[:, :, start:start + cell, start:start + cell].flatten(1).cpu())
-        return torch.cat(patches)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write vq.safetensors and vq.json into `directory`, each through a temporary name."""
@@ -261,7 +229,7 @@ class ImageTokenizer(nn.Module):
         write_json(directory / CONFIG_FILE, asdict(self.config))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "ImageTokenizer":
+    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "UgenVQ":
         """A saved tokenizer in eval mode (frozen: nothing later trains it)."""
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -272,24 +240,3 @@ class ImageTokenizer(nn.Module):
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         return model.to(device).eval()
 
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) floats in [-1, 1] -> (N, H, W, 3) uint8."""
-    pixels = ((images.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
-    return pixels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def encode_images(tokenizer: ImageTokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, grid*grid) codes (`code_dtype`): the cache the transformer trains on."""
-    codes = np.empty((len(images), tokenizer.grid * tokenizer.grid), dtype=code_dtype(tokenizer.num_codes))
-    device = tokenizer.device
-    batches = range(0, len(images), batch_size)
-    for start in tqdm(batches, desc="encoding images", unit="batch", leave=False, disable=len(batches) < 2):
-        batch = to_tensor(images[start:start + batch_size]).to(device)
-        codes[start:start + len(batch)] = tokenizer.encode(batch).cpu().numpy()
-    return codes
