@@ -110,7 +110,7 @@ def test_aMUSEd_style_codebook_lookup_decodes_the_same(tmp_path):
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_frozen_in_eval_mode_and_fp32_under_autocast(saved):
+def test_frozen_in_eval_mode_and_fp32_under_autocast_and_tf32(saved):
     _, _, directory = saved
     tokenizer = load_image_tokenizer(directory, image_size=SIZE)
     parent = torch.nn.Sequential(tokenizer)
@@ -122,6 +122,18 @@ def test_frozen_in_eval_mode_and_fp32_under_autocast(saved):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(tokenizer.encode(x), plain)
         assert tokenizer.decode(plain).dtype == torch.float32
+    # TF32 (which pick_device turns on for CUDA) is off while the network runs, and back on after
+    seen = []
+    latent = tokenizer._latent
+    tokenizer._latent = lambda pixels: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)) or latent(pixels)
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        tokenizer.encode(x)
+        assert seen == [(False, False)]
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def test_saved_tokenizer_loads_without_its_source(saved, tmp_path):

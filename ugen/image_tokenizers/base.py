@@ -10,6 +10,7 @@ order, in [0, num_codes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,8 +106,9 @@ class ImageTokenizer(nn.Module):
 
 class FrozenImageTokenizer(ImageTokenizer):
     """A pretrained tokenizer: frozen, always in eval mode (a parent's `.train()` must not turn its
-    BatchNorm or dropout on), run in fp32 whatever autocast surrounds it (quantization is an
-    argmin over distances: bf16 would move codes across boundaries)."""
+    BatchNorm or dropout on), run in fp32 whatever autocast surrounds it and with TF32 off (which
+    `pick_device` turns on for CUDA): quantization is an argmin over distances, and bf16 or TF32
+    rounding moves codes across boundaries, so a GPU's cache would disagree with a CPU's server."""
 
     encode_batch = 8  # a pretrained encoder at 256 px holds far more activations per image
 
@@ -150,21 +152,32 @@ class FrozenImageTokenizer(ImageTokenizer):
         low, high = self.pixel_range
         return ((images.float() - low) * (2.0 / (high - low)) - 1.0).clamp(-1.0, 1.0)
 
+    @contextlib.contextmanager
+    def _fp32(self) -> Iterator[None]:
+        """No autocast and no TF32 inside; the global TF32 settings are restored after."""
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         self.check_images(images)
-        with torch.autocast(self.device.type, enabled=False):
+        with self._fp32():
             return self._latent(self._to_net(images.to(self.device)))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         latent = self.features(images)
-        with torch.autocast(self.device.type, enabled=False):  # the search too: bf16 distances pick other codes
+        with self._fp32():  # the search too
             return nearest_codes(latent, self._codebook()).flatten(1)
 
     @torch.no_grad()
     def _decode_grid(self, codes: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, enabled=False):
+        with self._fp32():
             return self._from_net(self._decode_net(codes))
 
     def _latent(self, pixels: torch.Tensor) -> torch.Tensor:
