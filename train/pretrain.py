@@ -8,8 +8,9 @@
 Reads the tokenizers from the run directory (`RUN/vq`, `RUN/text/text.model`, written by the
 scripts in `tokenizers/`; `--image-tokenizer DIR` for a pretrained image tokenizer), caches the
 image codes of the data once, trains, checkpoints every N steps (`--resume` continues with the
-same data order, schedule state and RNG), and writes the model directory `RUN/model`. Per-task validation loss, tokens/s, MFU (on a GPU of known peak) and the
-active image ids are logged to wandb (offline by default), RUN/metrics.jsonl and the progress bar.
+same data order, schedule state and RNG), and writes the model directory `RUN/model`. Per-task
+validation loss, tokens/s, MFU (on a GPU of known peak) and the active image ids are logged to
+wandb (offline by default), RUN/metrics.jsonl and the progress bar.
 
 Each step's rows are packed end to end into `--batch-tokens / --max-len` sequences of `--max-len`
 tokens (`ugen.sequences.pack`): every step has the same shape, padding is only each sequence's
