@@ -18,7 +18,10 @@ run of ugen's own scripts or of its engine; a failed check is recorded and the r
 - fsdp_checkpoint: one-GPU FSDP (`torch.distributed.run --nproc_per_node 1 ... --fsdp`) for 40 steps with a
   checkpoint at 20 and 40, then resumed from it to 60;
 - rl_two_steps: two Unified-GRPO steps on the flash-attn model (rollouts through the engine under
-  autocast).
+  autocast);
+- pretrained_tokenizer: a JanusVQVAE of LlamaGen VQ-16's shape at 256 px (random weights): its codes
+  on CUDA, under bf16 autocast and with TF32 on as training sets it, against the CPU's (the adapter
+  runs fp32 without TF32), and the time to decode its 16,384 codes alone (`--image-init pixels`).
 """
 
 from __future__ import annotations
@@ -199,6 +202,30 @@ def run_rl(tmp: Path, results: dict) -> dict:
     return _shell(rl_commands(tmp))
 
 
+def run_pretrained_tokenizer(tmp: Path, results: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from transformers import JanusVQVAE, JanusVQVAEConfig
+
+    from ugen.image_tokenizers import load_image_tokenizer
+    from ugen.runtime import pick_device
+
+    torch.manual_seed(0)
+    JanusVQVAE(JanusVQVAEConfig(num_patches=16)).save_pretrained(tmp / "janus")  # 16,384 codes, factor 16, 256 px
+    pick_device("cuda")  # TF32 on, as in training
+    images = F.interpolate(torch.rand(16, 3, 16, 16) * 2 - 1, size=(256, 256), mode="bilinear")  # smooth, like pictures
+    cpu = load_image_tokenizer(tmp / "janus", "cpu").encode(images)
+    tokenizer = load_image_tokenizer(tmp / "janus", "cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        cuda = tokenizer.encode(images.cuda()).cpu()
+    began = time.monotonic()
+    decoded = sum(len(chunk) for chunk in tokenizer.code_patches())
+    torch.cuda.synchronize()
+    same = float((cpu == cuda).float().mean())
+    return {"ok": same >= 0.99, "codes_equal_to_cpu": same, "code_patches_s": round(time.monotonic() - began, 1),
+            "codes_decoded": decoded}
+
+
 CHECKS = [
     Check("tokenizers", "a Shapes VQ tokenizer (300 steps) and a text tokenizer for the runs below",
           tokenizer_commands, run_tokenizers),
@@ -213,6 +240,8 @@ CHECKS = [
     Check("fsdp_checkpoint", "one-GPU FSDP for 40 steps (checkpoints at 20 and 40), then resumed to 60",
           fsdp_commands, run_fsdp),
     Check("rl_two_steps", "two Unified-GRPO steps on the flash-attn model (rollouts under autocast)", rl_commands, run_rl),
+    Check("pretrained_tokenizer", "a LlamaGen-VQ-16-shaped JanusVQVAE: CUDA codes (bf16 autocast, TF32 on) against the "
+          "CPU's, and decoding its 16,384 codes alone", lambda tmp: [], run_pretrained_tokenizer),
 ]
 
 
