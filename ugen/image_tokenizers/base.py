@@ -37,9 +37,9 @@ def code_dtype(num_codes: int) -> np.dtype:
 
 class ImageTokenizer(nn.Module):
     """The interface. Subclasses set `kind`, `num_codes`, `downsample` and `image_size` and
-    implement `encode`, `_decode_grid` and `save`; the rest is shared."""
+    implement `encode`, `features`, `_decode_grid` and `save`; the rest is shared."""
 
-    kind: str  # what the model directory's image_tokenizer.json / vq.json calls it
+    kind: str  # the adapter's name in a model directory's vq/image_tokenizer.json ("ugen": ugen's own)
     num_codes: int
     downsample: int  # pixels per code along each side
     image_size: int  # the side of the square images it encodes and decodes
