@@ -18,7 +18,7 @@ TEXT_COLUMN ?= text
 LAYOUT_COLUMN ?=
 IMAGE_SIZE ?=
 # A pretrained image tokenizer's directory (a save_pretrained JanusVQVAE, Emu3VQVAE or diffusers
-# VQModel; README, "Bringing a pretrained image tokenizer"): pretraining encodes with it and trains no
+# VQModel; README, "Bring a pretrained image tokenizer"): pretraining encodes with it and trains no
 # tokenizer of its own, in a run directory named after it.
 IMAGE_TOKENIZER ?=
 RUN ?= $(if $(filter shapes,$(DATA)),runs/$(RECIPE),runs/$(notdir $(abspath $(DATA))))$(if $(IMAGE_TOKENIZER),-$(notdir $(abspath $(IMAGE_TOKENIZER))))

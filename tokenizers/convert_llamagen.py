@@ -9,7 +9,8 @@ blocks per level, the codebook's size and dimension. LlamaGen's usage buffer
 (`quantize.codebook_used`) is dropped. Note for whoever encodes with the result: LlamaGen looks up
 codes with both the latent and the codebook l2-normalised, while `JanusVQVAE.forward`/`encode`
 quantize by plain distance to the raw codebook (its `decode` normalises); an encoder must normalise
-both before the nearest code, or its codes are not the ones the checkpoint means.
+both before the nearest code, or its codes are not the ones the checkpoint means. ugen's adapter
+(`ugen.image_tokenizers.janus`, what `--image-tokenizer DIR` loads) does.
 """
 
 from __future__ import annotations
