@@ -28,7 +28,7 @@ from ugen.data.sources import image_batches
 from ugen.errors import UserError
 from ugen.metrics import tokenizer_metrics
 from ugen.runtime import Deadline, add_common_args, init_wandb, pick_device, run_main, seed_everything, write_json
-from ugen.training import warmup_cosine
+from ugen.training import autocast_context, warmup_cosine
 from ugen.image_tokenizers.ugen_vq import DOWNSAMPLES, ENCODERS, QUANTIZERS, UgenVQ, VQConfig
 
 MAX_DEFAULT_GRID = 16  # codes per side that --downsample's default aims at (LlamaGen: 16x16 at 256 px)
@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--lr", type=float, default=4e-3, help="peak AdamW learning rate (cosine decay)")
     group.add_argument("--warmup", type=int, default=50, help="linear warmup steps")
     group.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    group.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="fp32",
+                       help="forward passes under bf16 autocast over fp32 weights (auto: on CUDA and on CPUs with "
+                            "bf16 instructions); the loss and the metrics are fp32 either way")
     group.add_argument("--loss", choices=["mse", "l1"], default="mse", help="per-pixel reconstruction loss")
     group.add_argument("--object-weight", type=float, default=4.0,
                        help="weight of pixels that differ from the background (1 = plain loss)")
@@ -157,6 +160,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     run = init_wandb(args.wandb, out, "ugen-vq", {**vars(args), "vq_config": config.__dict__})
     deadline = Deadline(args.max_minutes, args.started_at)
     lr_factor = warmup_cosine(args.warmup, args.steps, min_ratio=0.1)  # a short run ends on a low rate
+    autocast = autocast_context(device, args.precision)
 
     start = time.monotonic()
     bar = tqdm(range(args.steps), desc="training vq", unit="step")
@@ -167,8 +171,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         images = next(batches).to(device).float().div_(127.5).sub_(1.0)  # (B, 3, H, W)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step)
-        recon, _, aux_loss = tokenizer(images)
-        recon_loss = reconstruction_loss(recon, images, args.object_weight, args.loss)
+        with autocast():
+            recon, _, aux_loss = tokenizer(images)
+        recon_loss = reconstruction_loss(recon.float(), images, args.object_weight, args.loss)
         loss = recon_loss + aux_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
