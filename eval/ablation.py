@@ -13,7 +13,7 @@ of pretrain.py, in every arm):
 
   vanilla                every image id active from the first image step
   progressive-random     ids switched on over time in a random order (the paper)
-  progressive-frequency  ids switched on most frequent first (pretrain.py's default)
+  progressive-frequency  ids switched on most frequent first (pretrain.py's default --vocab-order)
 
 Seed S fixes the training data, the data order and the initialization of a start's three arms,
 and is the sampling seed of their evaluation. Each run is `ROOT/<start>-<arm>-seed<S>`, trained
